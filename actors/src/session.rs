@@ -1,0 +1,280 @@
+//! # SocketSession — one per guest table socket or kitchen socket
+//!
+//! Owns one socket's conversation: `hello`, then `resume` or snapshot, then live events (pushed straight
+//! into its [`SocketSink`] by the restaurant actor), server pings with a timeout, and for the kitchen the
+//! `set_status` requests answered with `ack` or `error`. It sees its socket only through the seam: a
+//! stream of [`Inbound`] frames and the bounded sink of outbound ones, so the transport underneath can be
+//! replaced without touching this file.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use scan2order_schema::domain::StaffId;
+use scan2order_schema::wire::{ClientMsg, ServerMsg};
+
+use crate::restaurant::{Audience, ChangeStatus, EngineError, RestaurantActor, SayHello, Subscribe, Unsubscribe};
+use crate::sink::{close_code, Outgoing, SocketSink};
+
+/// Timing and limits of every socket session.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// A socket that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a new socket waits for a `resume` before it gets a snapshot.
+    pub resume_grace: Duration,
+    /// Inbound messages allowed per second; more closes the socket with 1008.
+    pub max_inbound_per_sec: u32,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            ping_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            resume_grace: Duration::from_millis(500),
+            max_inbound_per_sec: 20,
+        }
+    }
+}
+
+/// One inbound frame, as the transport hands it over.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(String),
+    Binary,
+    Ping(Vec<u8>),
+    Pong,
+    /// The frame was over the size limit.
+    TooBig,
+    /// The peer closed or broke the connection.
+    Closed,
+}
+
+pub struct SocketSession {
+    restaurant: Addr<RestaurantActor>,
+    audience: Audience,
+    staff: Option<StaffId>,
+    sink: SocketSink,
+    resume: Option<(String, u64)>,
+    subscription: Option<u64>,
+    subscribing: bool,
+    last_heard: Instant,
+    window_start: Instant,
+    window_count: u32,
+    settings: SessionSettings,
+}
+
+impl SocketSession {
+    /// A session for `audience`; `resume` when the client put `epoch`/`since` in the URL.
+    pub fn new(
+        restaurant: Addr<RestaurantActor>,
+        audience: Audience,
+        staff: Option<StaffId>,
+        sink: SocketSink,
+        resume: Option<(String, u64)>,
+        settings: SessionSettings,
+    ) -> Self {
+        let now = Instant::now();
+        SocketSession {
+            restaurant,
+            audience,
+            staff,
+            sink,
+            resume,
+            subscription: None,
+            subscribing: false,
+            last_heard: now,
+            window_start: now,
+            window_count: 0,
+            settings,
+        }
+    }
+
+    fn subscribe(&mut self, ctx: &mut Context<Self>, hello: bool) {
+        if self.subscription.is_some() || self.subscribing {
+            return;
+        }
+        self.subscribing = true;
+        let msg = Subscribe {
+            sink: self.sink.clone(),
+            audience: self.audience,
+            resume: self.resume.take(),
+            hello,
+        };
+        ctx.wait(self.restaurant.send(msg).into_actor(self).map(|res, act, ctx| {
+            act.subscribing = false;
+            match res {
+                Ok(Ok(id)) => act.subscription = Some(id),
+                Ok(Err(EngineError::NotFound)) => {
+                    act.sink.close(close_code::POLICY);
+                    ctx.stop();
+                }
+                _ => {
+                    act.sink.close(close_code::GOING_AWAY);
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn send(&self, msg: &ServerMsg) {
+        if let Ok(s) = serde_json::to_string(msg) {
+            let _ = self.sink.send_text(s.into());
+        }
+    }
+
+    fn error(&self, request_id: Option<String>, error: &str, message: String) {
+        self.send(&ServerMsg::Error {
+            request_id,
+            error: error.to_string(),
+            message,
+        });
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let msg: ClientMsg = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(None, "invalid_request", format!("message not understood: {e}"));
+                return;
+            }
+        };
+        match msg {
+            ClientMsg::Resume { epoch, since } => {
+                if self.subscription.is_some() || self.subscribing {
+                    self.error(None, "invalid_request", "resume must be the first message".into());
+                    return;
+                }
+                self.resume = Some((epoch, since));
+                self.subscribe(ctx, false);
+            }
+            ClientMsg::SetStatus {
+                request_id,
+                order_id,
+                status,
+            } => {
+                if self.audience != Audience::Kitchen {
+                    self.error(Some(request_id), "forbidden", "only the kitchen may change orders".into());
+                    return;
+                }
+                self.subscribe(ctx, false);
+                let msg = ChangeStatus {
+                    order_id,
+                    status,
+                    by: self.staff,
+                };
+                ctx.spawn(self.restaurant.send(msg).into_actor(self).map(move |res, act, _| {
+                    match res {
+                        Ok(Ok(_)) => act.send(&ServerMsg::Ack { request_id }),
+                        Ok(Err(e)) => {
+                            let (code, message) = engine_error_code(&e);
+                            act.error(Some(request_id), code, message);
+                        }
+                        Err(_) => act.error(
+                            Some(request_id),
+                            "unavailable",
+                            "the kitchen service is restarting; try again".into(),
+                        ),
+                    }
+                }));
+            }
+        }
+    }
+
+    /// Counts an inbound message; false once the client sends faster than allowed.
+    fn within_rate(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count += 1;
+        self.window_count <= self.settings.max_inbound_per_sec
+    }
+}
+
+/// The protocol code and sentence for an engine error, shared by REST and sockets.
+pub fn engine_error_code(e: &EngineError) -> (&'static str, String) {
+    match e {
+        EngineError::NotFound => ("not_found", "no such order in this restaurant".into()),
+        EngineError::Invalid(m) => ("invalid_request", m.clone()),
+        EngineError::ItemUnavailable(_) => ("item_unavailable", e.to_string()),
+        EngineError::NotAccepting => ("not_accepting_orders", e.to_string()),
+        EngineError::InvalidTransition { .. } => ("invalid_transition", e.to_string()),
+        EngineError::IdempotencyConflict => ("idempotency_key_reused", e.to_string()),
+        EngineError::Unavailable => ("unavailable", e.to_string()),
+    }
+}
+
+impl Actor for SocketSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.resume.is_some() {
+            self.subscribe(ctx, true);
+        } else {
+            self.restaurant.do_send(SayHello {
+                sink: self.sink.clone(),
+            });
+            ctx.run_later(self.settings.resume_grace, |act, ctx| act.subscribe(ctx, false));
+        }
+        ctx.run_interval(self.settings.ping_interval, |act, ctx| {
+            if act.sink.is_closed() {
+                ctx.stop();
+            } else if act.last_heard.elapsed() > act.settings.idle_timeout {
+                act.sink.close(close_code::GOING_AWAY);
+                ctx.stop();
+            } else {
+                let _ = act.sink.push(Outgoing::Ping);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(id) = self.subscription.take() {
+            self.restaurant.do_send(Unsubscribe {
+                id,
+                audience: self.audience,
+            });
+        }
+    }
+}
+
+impl StreamHandler<Inbound> for SocketSession {
+    fn handle(&mut self, frame: Inbound, ctx: &mut Context<Self>) {
+        self.last_heard = Instant::now();
+        match frame {
+            Inbound::Text(text) => {
+                if !self.within_rate() {
+                    self.sink.close(close_code::POLICY);
+                    ctx.stop();
+                    return;
+                }
+                self.on_text(&text, ctx);
+            }
+            Inbound::Binary => {
+                if !self.within_rate() {
+                    self.sink.close(close_code::POLICY);
+                    ctx.stop();
+                    return;
+                }
+                self.error(None, "invalid_request", "messages are JSON text frames".into());
+            }
+            Inbound::Ping(payload) => {
+                let _ = self.sink.push(Outgoing::Pong(payload));
+            }
+            Inbound::Pong => {}
+            Inbound::TooBig => {
+                self.sink.close(close_code::TOO_BIG);
+                ctx.stop();
+            }
+            Inbound::Closed => ctx.stop(),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

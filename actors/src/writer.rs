@@ -1,0 +1,468 @@
+//! # PersistenceWriter — one per shard
+//!
+//! Owns nothing but a queue of writes. Restaurant actors of its shard send it every change of orders,
+//! menu availability and restaurant flags; it commits them with group commit: while one transaction is in
+//! flight, new writes queue, and when it completes everything queued goes out as the next transaction.
+//! Idle, the first write goes at once (no timer), so low load pays no batching delay and high load gets
+//! big batches. A failing batch is retried op by op, so one bad op cannot fail its neighbours. Callers are
+//! answered only after the commit, which is what lets restaurants keep "durable before visible".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use scan2order_schema::models::{NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, StoredOrder};
+use scan2order_schema::schema::{menu_items, notification_outbox, order_items, order_status_history, orders, restaurants};
+use scan2order_schema::{DbConn, DbPool};
+use tokio::sync::{oneshot, Notify};
+use uuid::Uuid;
+
+/// Largest number of ops in one transaction; more stay queued for the next one.
+pub const MAX_BATCH_OPS: usize = 2_000;
+/// Postgres accepts at most 65,535 bound values per statement.
+const MAX_BIND_PARAMS: usize = 65_535;
+
+/// A new order with everything written in its transaction.
+#[derive(Debug, Clone)]
+pub struct NewOrderBundle {
+    pub order: OrderRow,
+    pub items: Vec<OrderItemRow>,
+    pub outbox: Option<NewOutbox>,
+}
+
+/// One durable change.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    InsertOrder(Box<NewOrderBundle>),
+    SetStatus {
+        order_id: Uuid,
+        status: &'static str,
+        at: DateTime<Utc>,
+        by: Option<Uuid>,
+        outbox: Option<NewOutbox>,
+    },
+    SetAvailability {
+        restaurant_id: Uuid,
+        item_id: Uuid,
+        available: bool,
+        menu_version: i64,
+        at: DateTime<Utc>,
+    },
+    SetAccepting {
+        restaurant_id: Uuid,
+        accepting: bool,
+        menu_version: i64,
+        at: DateTime<Utc>,
+    },
+}
+
+/// What a committed op did.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// The order row and its lines were inserted.
+    Inserted,
+    /// An order with the same `(restaurant, Idempotency-Key)` already existed; here it is.
+    Duplicate(Box<StoredOrder>),
+    /// The update was committed.
+    Done,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The database could not be reached or did not answer in time; the outcome may be unknown.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused this op (a constraint); it was not written.
+    #[error("write refused: {0}")]
+    Refused(String),
+}
+
+/// Sent by restaurant actors: one op, answered after its transaction commits.
+#[derive(Message)]
+#[rtype(result = "Result<WriteOutcome, WriteError>")]
+pub struct Write(pub WriteOp);
+
+/// Counters an operator (and the tests) can read.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub ops: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub largest_batch: AtomicU64,
+}
+
+type Pending = (WriteOp, oneshot::Sender<Result<WriteOutcome, WriteError>>);
+
+pub struct PersistenceWriter {
+    pool: DbPool,
+    queue: Vec<Pending>,
+    in_flight: bool,
+    timeout: Duration,
+    /// Woken after a commit that wrote outbox rows.
+    outbox_wake: Arc<Notify>,
+    stats: Arc<WriterStats>,
+    /// Answered once the queue is empty and nothing is in flight.
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl PersistenceWriter {
+    pub fn new(pool: DbPool, timeout: Duration, outbox_wake: Arc<Notify>, stats: Arc<WriterStats>) -> Self {
+        PersistenceWriter {
+            pool,
+            queue: Vec::new(),
+            in_flight: false,
+            timeout,
+            outbox_wake,
+            stats,
+            drain_waiters: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let take = self.queue.len().min(MAX_BATCH_OPS);
+        let batch: Vec<Pending> = self.queue.drain(..take).collect();
+        self.in_flight = true;
+        let pool = self.pool.clone();
+        let timeout = self.timeout;
+        let wake = self.outbox_wake.clone();
+        let stats = self.stats.clone();
+        let fut = async move {
+            let started = Instant::now();
+            let n = batch.len() as u64;
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.into_iter().unzip();
+            let writes_outbox = ops.iter().any(WriteOp::has_outbox);
+            let results = commit_with_fallback(&pool, timeout, ops, &stats).await;
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.ops.fetch_add(n, Ordering::Relaxed);
+            stats.largest_batch.fetch_max(n, Ordering::Relaxed);
+            tracing::trace!(ops = n, elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+            if writes_outbox && results.iter().any(Result::is_ok) {
+                wake.notify_one();
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
+            act.in_flight = false;
+            act.flush(ctx);
+            if !act.in_flight {
+                for waiter in act.drain_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for PersistenceWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Write> for PersistenceWriter {
+    type Result = ResponseFuture<Result<WriteOutcome, WriteError>>;
+
+    fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.queue.push((msg.0, tx));
+        if !self.in_flight {
+            self.flush(ctx);
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(WriteError::Unavailable("writer stopped".into())))
+        })
+    }
+}
+
+/// Waits until everything sent so far is committed. Used at shutdown.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for PersistenceWriter {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.in_flight || !self.queue.is_empty() {
+            self.drain_waiters.push(tx);
+        } else {
+            let _ = tx.send(());
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl WriteOp {
+    fn has_outbox(&self) -> bool {
+        match self {
+            WriteOp::InsertOrder(b) => b.outbox.is_some(),
+            WriteOp::SetStatus { outbox, .. } => outbox.is_some(),
+            _ => false,
+        }
+    }
+}
+
+async fn commit_with_fallback(
+    pool: &DbPool,
+    timeout: Duration,
+    ops: Vec<WriteOp>,
+    stats: &WriterStats,
+) -> Vec<Result<WriteOutcome, WriteError>> {
+    match commit_batch(pool, timeout, &ops).await {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(err) if ops.len() == 1 => vec![Err(err)],
+        Err(err) => {
+            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(ops = ops.len(), error = %err, "batch failed; retrying op by op");
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                let one = std::slice::from_ref(&op);
+                out.push(commit_batch(pool, timeout, one).await.map(|mut r| r.remove(0)));
+            }
+            out
+        }
+    }
+}
+
+async fn commit_batch(
+    pool: &DbPool,
+    timeout: Duration,
+    ops: &[WriteOp],
+) -> Result<Vec<WriteOutcome>, WriteError> {
+    let work = async {
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        conn.transaction(async |c| write_all(c, ops).await)
+            .await
+            .map_err(classify)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(WriteError::Unavailable("database did not answer in time".into())),
+    }
+}
+
+fn classify(e: diesel::result::Error) -> WriteError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match &e {
+        Error::DatabaseError(
+            DatabaseErrorKind::UniqueViolation
+            | DatabaseErrorKind::ForeignKeyViolation
+            | DatabaseErrorKind::CheckViolation
+            | DatabaseErrorKind::NotNullViolation,
+            _,
+        ) => WriteError::Refused(e.to_string()),
+        _ => WriteError::Unavailable(e.to_string()),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Updated {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+async fn write_all(conn: &mut DbConn, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
+    let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
+
+    // Orders: one multi-row insert; a conflict on the idempotency key means "already placed".
+    let new_orders: Vec<(usize, &NewOrderBundle)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::InsertOrder(b) => Some((i, b.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let mut inserted: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    if !new_orders.is_empty() {
+        let rows: Vec<&OrderRow> = new_orders.iter().map(|(_, b)| &b.order).collect();
+        for chunk in rows.chunks(MAX_BIND_PARAMS / 14) {
+            let ids: Vec<Uuid> = diesel::insert_into(orders::table)
+                .values(chunk.iter().copied().cloned().collect::<Vec<OrderRow>>())
+                .on_conflict((orders::restaurant_id, orders::idempotency_key))
+                .do_nothing()
+                .returning(orders::id)
+                .get_results(conn)
+                .await?;
+            inserted.extend(ids);
+        }
+        let items: Vec<OrderItemRow> = new_orders
+            .iter()
+            .filter(|(_, b)| inserted.contains(&b.order.id))
+            .flat_map(|(_, b)| b.items.iter().cloned())
+            .collect();
+        for chunk in items.chunks(MAX_BIND_PARAMS / 7) {
+            diesel::insert_into(order_items::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+        for (i, b) in &new_orders {
+            outcomes[*i] = Some(if inserted.contains(&b.order.id) {
+                WriteOutcome::Inserted
+            } else {
+                match StoredOrder::find_by_key(conn, b.order.restaurant_id, &b.order.idempotency_key).await? {
+                    Some(existing) => WriteOutcome::Duplicate(Box::new(existing)),
+                    // The conflicting row vanished (deleted restaurant); nothing was written.
+                    None => return Err(diesel::result::Error::NotFound),
+                }
+            });
+        }
+    }
+
+    // Status changes: the last status per order goes into one UPDATE; every step gets a history row.
+    let mut history: Vec<NewStatusHistory> = new_orders
+        .iter()
+        .filter(|(_, b)| inserted.contains(&b.order.id))
+        .map(|(_, b)| NewStatusHistory {
+            order_id: b.order.id,
+            status: b.order.status.clone(),
+            changed_at: b.order.created_at,
+            changed_by: None,
+        })
+        .collect();
+    let mut last: indexmap::IndexMap<Uuid, (&'static str, DateTime<Utc>)> = indexmap::IndexMap::new();
+    let mut status_ops: Vec<(usize, Uuid)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let WriteOp::SetStatus {
+            order_id,
+            status,
+            at,
+            by,
+            ..
+        } = op
+        {
+            last.insert(*order_id, (*status, *at));
+            history.push(NewStatusHistory {
+                order_id: *order_id,
+                status: (*status).to_string(),
+                changed_at: *at,
+                changed_by: *by,
+            });
+            status_ops.push((i, *order_id));
+        }
+    }
+    if !last.is_empty() {
+        let ids: Vec<Uuid> = last.keys().copied().collect();
+        let statuses: Vec<String> = last.values().map(|(s, _)| (*s).to_string()).collect();
+        let ats: Vec<DateTime<Utc>> = last.values().map(|(_, at)| *at).collect();
+        let updated: Vec<Updated> = diesel::sql_query(
+            "UPDATE orders AS o SET status = v.status, updated_at = v.at \
+             FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS v(id, status, at) \
+             WHERE o.id = v.id RETURNING o.id",
+        )
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<Text>, _>(statuses)
+        .bind::<Array<Timestamptz>, _>(ats)
+        .load(conn)
+        .await?;
+        let found: std::collections::HashSet<Uuid> = updated.into_iter().map(|u| u.id).collect();
+        for (i, id) in status_ops {
+            if !found.contains(&id) {
+                return Err(diesel::result::Error::NotFound);
+            }
+            outcomes[i] = Some(WriteOutcome::Done);
+        }
+    }
+    for chunk in history.chunks(MAX_BIND_PARAMS / 4) {
+        diesel::insert_into(order_status_history::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+
+    // Outbox rows, in the same transaction as the change that causes them.
+    let outbox: Vec<&NewOutbox> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::InsertOrder(b) if inserted.contains(&b.order.id) => b.outbox.as_ref(),
+            WriteOp::SetStatus { outbox, .. } => outbox.as_ref(),
+            _ => None,
+        })
+        .collect();
+    for chunk in outbox.chunks(MAX_BIND_PARAMS / 4) {
+        diesel::insert_into(notification_outbox::table)
+            .values(chunk.iter().copied().cloned().collect::<Vec<NewOutbox>>())
+            .on_conflict(notification_outbox::dedup_key)
+            .do_nothing()
+            .execute(conn)
+            .await?;
+    }
+
+    // Menu and restaurant flags: rare, one statement each.
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            WriteOp::SetAvailability {
+                restaurant_id,
+                item_id,
+                available,
+                menu_version,
+                at,
+            } => {
+                let n = diesel::update(
+                    menu_items::table
+                        .filter(menu_items::id.eq(item_id))
+                        .filter(menu_items::restaurant_id.eq(restaurant_id)),
+                )
+                .set((menu_items::available.eq(available), menu_items::updated_at.eq(at)))
+                .execute(conn)
+                .await?;
+                if n != 1 {
+                    return Err(diesel::result::Error::NotFound);
+                }
+                bump_menu_version(conn, *restaurant_id, *menu_version, *at).await?;
+                outcomes[i] = Some(WriteOutcome::Done);
+            }
+            WriteOp::SetAccepting {
+                restaurant_id,
+                accepting,
+                menu_version,
+                at,
+            } => {
+                diesel::update(restaurants::table.find(restaurant_id))
+                    .set(restaurants::accepting_orders.eq(accepting))
+                    .execute(conn)
+                    .await?;
+                bump_menu_version(conn, *restaurant_id, *menu_version, *at).await?;
+                outcomes[i] = Some(WriteOutcome::Done);
+            }
+            _ => {}
+        }
+    }
+
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(WriteOutcome::Done))
+        .collect())
+}
+
+async fn bump_menu_version(
+    conn: &mut DbConn,
+    restaurant_id: Uuid,
+    version: i64,
+    at: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    diesel::update(restaurants::table.find(restaurant_id))
+        .set((
+            restaurants::menu_version.eq(version),
+            restaurants::updated_at.eq(at),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

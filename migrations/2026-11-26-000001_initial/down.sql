@@ -1,0 +1,12 @@
+DROP TABLE notification_outbox;
+DROP TABLE order_status_history;
+DROP TABLE order_items;
+DROP TABLE orders;
+DROP TABLE customer_sessions;
+DROP TABLE otp_challenges;
+DROP TABLE staff_sessions;
+DROP TABLE staff_users;
+DROP TABLE restaurant_tables;
+DROP TABLE menu_items;
+DROP TABLE menu_categories;
+DROP TABLE restaurants;

@@ -1,0 +1,15 @@
+//! # scan2order-schema
+//!
+//! What every other crate shares: the diesel [`schema`] (kept in step with `migrations/`), the row
+//! [`models`] with their queries, the [`domain`] types (typed ids, statuses, phones, limits) and the
+//! [`wire`] types of PROTOCOL.md, which the load generator reuses.
+
+pub mod domain;
+pub mod models;
+pub mod schema;
+pub mod wire;
+
+/// The async Postgres connection used everywhere.
+pub type DbConn = diesel_async::AsyncPgConnection;
+/// The shared connection pool.
+pub type DbPool = diesel_async::pooled_connection::bb8::Pool<diesel_async::AsyncPgConnection>;

@@ -1,0 +1,660 @@
+//! Row models beside their queries. Writes of orders, menus and restaurant flags happen only through the
+//! restaurant actors and their persistence writer; everything here is called by them or by read paths.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::OptionalExtension;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use crate::domain::{mask_phone, OrderStatus};
+use crate::schema::*;
+use crate::wire;
+use crate::DbConn;
+
+pub type QueryResult<T> = Result<T, diesel::result::Error>;
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = restaurants)]
+pub struct Restaurant {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub currency: String,
+    pub time_zone: String,
+    pub accepting_orders: bool,
+    pub menu_version: i64,
+    pub ticket_warn_after_s: i32,
+    pub ticket_late_after_s: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Restaurant {
+    pub async fn find(conn: &mut DbConn, id: Uuid) -> QueryResult<Option<Restaurant>> {
+        restaurants::table
+            .find(id)
+            .select(Restaurant::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn find_by_slug(conn: &mut DbConn, slug: &str) -> QueryResult<Option<Restaurant>> {
+        restaurants::table
+            .filter(restaurants::slug.eq(slug))
+            .select(Restaurant::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn all(conn: &mut DbConn) -> QueryResult<Vec<Restaurant>> {
+        restaurants::table
+            .order(restaurants::slug.asc())
+            .select(Restaurant::as_select())
+            .load(conn)
+            .await
+    }
+
+    pub async fn insert(&self, conn: &mut DbConn) -> QueryResult<()> {
+        diesel::insert_into(restaurants::table)
+            .values(self)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = menu_categories)]
+pub struct MenuCategory {
+    pub id: Uuid,
+    pub restaurant_id: Uuid,
+    pub name: String,
+    pub position: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl MenuCategory {
+    pub async fn for_restaurant(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<MenuCategory>> {
+        menu_categories::table
+            .filter(menu_categories::restaurant_id.eq(restaurant))
+            .order((menu_categories::position.asc(), menu_categories::created_at.asc()))
+            .select(MenuCategory::as_select())
+            .load(conn)
+            .await
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = menu_items)]
+pub struct MenuItem {
+    pub id: Uuid,
+    pub restaurant_id: Uuid,
+    pub category_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub available: bool,
+    pub position: i32,
+    pub tags: Vec<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MenuItem {
+    /// The items on the menu now (deleted ones left out).
+    pub async fn for_restaurant(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<MenuItem>> {
+        menu_items::table
+            .filter(menu_items::restaurant_id.eq(restaurant))
+            .filter(menu_items::deleted_at.is_null())
+            .order((menu_items::position.asc(), menu_items::created_at.asc()))
+            .select(MenuItem::as_select())
+            .load(conn)
+            .await
+    }
+
+    pub fn to_view(&self) -> wire::MenuItemView {
+        wire::MenuItemView {
+            id: self.id.into(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            price_cents: self.price_cents,
+            available: self.available,
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = restaurant_tables)]
+pub struct RestaurantTable {
+    pub id: Uuid,
+    pub restaurant_id: Uuid,
+    pub label: String,
+    pub token: String,
+    pub active: bool,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RestaurantTable {
+    /// The table a QR token opens: active and not deleted.
+    pub async fn by_token(conn: &mut DbConn, token: &str) -> QueryResult<Option<RestaurantTable>> {
+        restaurant_tables::table
+            .filter(restaurant_tables::token.eq(token))
+            .filter(restaurant_tables::active.eq(true))
+            .filter(restaurant_tables::deleted_at.is_null())
+            .select(RestaurantTable::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn for_restaurant(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<RestaurantTable>> {
+        restaurant_tables::table
+            .filter(restaurant_tables::restaurant_id.eq(restaurant))
+            .filter(restaurant_tables::deleted_at.is_null())
+            .order(restaurant_tables::created_at.asc())
+            .select(RestaurantTable::as_select())
+            .load(conn)
+            .await
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = staff_users)]
+pub struct StaffUserRow {
+    pub id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub restaurant_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl StaffUserRow {
+    pub async fn by_username(conn: &mut DbConn, username: &str) -> QueryResult<Option<StaffUserRow>> {
+        staff_users::table
+            .filter(staff_users::username.eq(username))
+            .select(StaffUserRow::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// The user behind an unexpired session token hash.
+    pub async fn by_session(
+        conn: &mut DbConn,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<StaffUserRow>> {
+        staff_sessions::table
+            .inner_join(staff_users::table)
+            .filter(staff_sessions::token_hash.eq(token_hash))
+            .filter(staff_sessions::expires_at.gt(now))
+            .select(StaffUserRow::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub fn to_wire(&self) -> wire::StaffUser {
+        wire::StaffUser {
+            id: self.id.into(),
+            username: self.username.clone(),
+            role: wire::Role::parse(&self.role).unwrap_or(wire::Role::Chef),
+            restaurant_id: self.restaurant_id.map(Into::into),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = staff_sessions)]
+pub struct StaffSession {
+    pub token_hash: Vec<u8>,
+    pub user_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl StaffSession {
+    pub async fn insert(&self, conn: &mut DbConn) -> QueryResult<()> {
+        diesel::insert_into(staff_sessions::table)
+            .values(self)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete(conn: &mut DbConn, token_hash: &[u8]) -> QueryResult<usize> {
+        diesel::delete(staff_sessions::table.filter(staff_sessions::token_hash.eq(token_hash)))
+            .execute(conn)
+            .await
+    }
+
+    pub async fn delete_for_user(conn: &mut DbConn, user: Uuid) -> QueryResult<usize> {
+        diesel::delete(staff_sessions::table.filter(staff_sessions::user_id.eq(user)))
+            .execute(conn)
+            .await
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = otp_challenges)]
+pub struct OtpChallenge {
+    pub id: Uuid,
+    pub phone: String,
+    pub code_hash: Vec<u8>,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub consumed_at: Option<DateTime<Utc>>,
+}
+
+impl OtpChallenge {
+    pub async fn insert(&self, conn: &mut DbConn) -> QueryResult<()> {
+        diesel::insert_into(otp_challenges::table)
+            .values(self)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// The newest unconsumed challenge for a phone.
+    pub async fn latest_open(conn: &mut DbConn, phone: &str) -> QueryResult<Option<OtpChallenge>> {
+        otp_challenges::table
+            .filter(otp_challenges::phone.eq(phone))
+            .filter(otp_challenges::consumed_at.is_null())
+            .order(otp_challenges::created_at.desc())
+            .select(OtpChallenge::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Challenges sent to a phone since `since` (for resend cooldowns and per-phone caps).
+    pub async fn count_since(conn: &mut DbConn, phone: &str, since: DateTime<Utc>) -> QueryResult<i64> {
+        otp_challenges::table
+            .filter(otp_challenges::phone.eq(phone))
+            .filter(otp_challenges::created_at.gt(since))
+            .count()
+            .get_result(conn)
+            .await
+    }
+
+    /// Takes one attempt atomically; `None` when the code is used up or consumed already.
+    pub async fn take_attempt(conn: &mut DbConn, id: Uuid, max: i32) -> QueryResult<Option<i32>> {
+        diesel::update(
+            otp_challenges::table
+                .filter(otp_challenges::id.eq(id))
+                .filter(otp_challenges::attempts.lt(max))
+                .filter(otp_challenges::consumed_at.is_null()),
+        )
+        .set(otp_challenges::attempts.eq(otp_challenges::attempts + 1))
+        .returning(otp_challenges::attempts)
+        .get_result(conn)
+        .await
+        .optional()
+    }
+
+    /// Marks the challenge used; false when another request consumed it first.
+    pub async fn consume(conn: &mut DbConn, id: Uuid, now: DateTime<Utc>) -> QueryResult<bool> {
+        let n = diesel::update(
+            otp_challenges::table
+                .filter(otp_challenges::id.eq(id))
+                .filter(otp_challenges::consumed_at.is_null()),
+        )
+        .set(otp_challenges::consumed_at.eq(now))
+        .execute(conn)
+        .await?;
+        Ok(n == 1)
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = customer_sessions)]
+pub struct CustomerSession {
+    pub token_hash: Vec<u8>,
+    pub phone: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl CustomerSession {
+    pub async fn insert(&self, conn: &mut DbConn) -> QueryResult<()> {
+        diesel::insert_into(customer_sessions::table)
+            .values(self)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn insert_many(rows: &[CustomerSession], conn: &mut DbConn) -> QueryResult<()> {
+        for chunk in rows.chunks(10_000) {
+            diesel::insert_into(customer_sessions::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The phone behind an unexpired customer token hash.
+    pub async fn phone_for(
+        conn: &mut DbConn,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<String>> {
+        customer_sessions::table
+            .filter(customer_sessions::token_hash.eq(token_hash))
+            .filter(customer_sessions::expires_at.gt(now))
+            .select(customer_sessions::phone)
+            .first(conn)
+            .await
+            .optional()
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub restaurant_id: Uuid,
+    pub table_id: Uuid,
+    pub table_label: String,
+    pub ticket_no: i32,
+    pub business_day: NaiveDate,
+    pub phone: String,
+    pub status: String,
+    pub note: String,
+    pub total_cents: i64,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_items)]
+pub struct OrderItemRow {
+    pub order_id: Uuid,
+    pub line_no: i32,
+    pub menu_item_id: Uuid,
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub quantity: i32,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Insertable)]
+#[diesel(table_name = order_status_history)]
+pub struct NewStatusHistory {
+    pub order_id: Uuid,
+    pub status: String,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: Option<Uuid>,
+}
+
+/// An order row with its lines.
+#[derive(Clone, Debug)]
+pub struct StoredOrder {
+    pub row: OrderRow,
+    pub items: Vec<OrderItemRow>,
+}
+
+impl StoredOrder {
+    /// The wire form; `show_phone` is true only for the guest who placed it.
+    pub fn to_wire(&self, show_phone: bool) -> wire::Order {
+        let r = &self.row;
+        wire::Order {
+            id: r.id.into(),
+            restaurant_id: r.restaurant_id.into(),
+            table_id: r.table_id.into(),
+            table_label: r.table_label.clone(),
+            ticket_no: r.ticket_no,
+            status: r.status.parse().unwrap_or(OrderStatus::Placed),
+            items: self
+                .items
+                .iter()
+                .map(|i| wire::OrderLine {
+                    menu_item_id: i.menu_item_id.into(),
+                    name: i.name.clone(),
+                    unit_price_cents: i.unit_price_cents,
+                    quantity: i.quantity,
+                    note: i.note.clone(),
+                })
+                .collect(),
+            note: r.note.clone(),
+            total_cents: r.total_cents,
+            currency: r.currency.clone(),
+            phone: if show_phone {
+                r.phone.clone()
+            } else {
+                mask_phone(&r.phone)
+            },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+
+    /// Attaches their lines to order rows with one query.
+    pub async fn with_items(conn: &mut DbConn, rows: Vec<OrderRow>) -> QueryResult<Vec<StoredOrder>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let items: Vec<OrderItemRow> = order_items::table
+            .filter(order_items::order_id.eq_any(&ids))
+            .order((order_items::order_id.asc(), order_items::line_no.asc()))
+            .select(OrderItemRow::as_select())
+            .load(conn)
+            .await?;
+        let mut by_order: std::collections::HashMap<Uuid, Vec<OrderItemRow>> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for it in items {
+            by_order.entry(it.order_id).or_default().push(it);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let items = by_order.remove(&row.id).unwrap_or_default();
+                StoredOrder { row, items }
+            })
+            .collect())
+    }
+
+    pub async fn find(conn: &mut DbConn, id: Uuid) -> QueryResult<Option<StoredOrder>> {
+        let row: Option<OrderRow> = orders::table
+            .find(id)
+            .select(OrderRow::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        match row {
+            Some(row) => Ok(StoredOrder::with_items(conn, vec![row]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn find_by_key(
+        conn: &mut DbConn,
+        restaurant: Uuid,
+        key: &str,
+    ) -> QueryResult<Option<StoredOrder>> {
+        let row: Option<OrderRow> = orders::table
+            .filter(orders::restaurant_id.eq(restaurant))
+            .filter(orders::idempotency_key.eq(key))
+            .select(OrderRow::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        match row {
+            Some(row) => Ok(StoredOrder::with_items(conn, vec![row]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    /// The kitchen's live orders (not served or cancelled), oldest first. Uses `orders_live`.
+    pub async fn live_for(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<StoredOrder>> {
+        let rows: Vec<OrderRow> = orders::table
+            .filter(orders::restaurant_id.eq(restaurant))
+            .filter(orders::status.ne_all(vec!["served", "cancelled"]))
+            .order((orders::created_at.asc(), orders::id.asc()))
+            .select(OrderRow::as_select())
+            .load(conn)
+            .await?;
+        StoredOrder::with_items(conn, rows).await
+    }
+
+    /// A guest's orders, newest first, before an optional `(created_at, id)` cursor. Uses `orders_phone`.
+    pub async fn for_phone(
+        conn: &mut DbConn,
+        phone: &str,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> QueryResult<Vec<StoredOrder>> {
+        let mut q = orders::table
+            .filter(orders::phone.eq(phone))
+            .select(OrderRow::as_select())
+            .order((orders::created_at.desc(), orders::id.desc()))
+            .limit(limit)
+            .into_boxed();
+        if let Some((at, id)) = before {
+            q = q.filter(
+                orders::created_at
+                    .lt(at)
+                    .or(orders::created_at.eq(at).and(orders::id.lt(id))),
+            );
+        }
+        let rows = q.load(conn).await?;
+        StoredOrder::with_items(conn, rows).await
+    }
+
+    /// The highest ticket number handed out on a business day.
+    pub async fn max_ticket(conn: &mut DbConn, restaurant: Uuid, day: NaiveDate) -> QueryResult<i32> {
+        let max: Option<i32> = orders::table
+            .filter(orders::restaurant_id.eq(restaurant))
+            .filter(orders::business_day.eq(day))
+            .select(diesel::dsl::max(orders::ticket_no))
+            .first(conn)
+            .await?;
+        Ok(max.unwrap_or(0))
+    }
+}
+
+#[derive(Clone, Debug, Insertable)]
+#[diesel(table_name = notification_outbox)]
+pub struct NewOutbox {
+    pub dedup_key: String,
+    pub phone: String,
+    pub template: String,
+    pub params: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = notification_outbox)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub dedup_key: String,
+    pub phone: String,
+    pub template: String,
+    pub params: serde_json::Value,
+    pub attempts: i32,
+}
+
+impl OutboxRow {
+    /// Claims up to `limit` due messages for `lease`, so that several notifiers never send one twice
+    /// at the same time.
+    pub async fn claim_due(
+        conn: &mut DbConn,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> QueryResult<Vec<OutboxRow>> {
+        use notification_outbox as n;
+        let due: Vec<i64> = n::table
+            .filter(n::sent_at.is_null())
+            .filter(n::failed_at.is_null())
+            .filter(n::next_attempt_at.le(now))
+            .filter(n::locked_until.is_null().or(n::locked_until.lt(now)))
+            .order(n::next_attempt_at.asc())
+            .limit(limit)
+            .select(n::id)
+            .load(conn)
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The update re-checks the lease under the row locks, so a row claimed meanwhile by another
+        // notifier is skipped rather than sent twice.
+        diesel::update(
+            n::table
+                .filter(n::id.eq_any(due))
+                .filter(n::locked_until.is_null().or(n::locked_until.lt(now))),
+        )
+        .set(n::locked_until.eq(lease_until))
+        .returning(OutboxRow::as_returning())
+        .get_results(conn)
+            .await
+    }
+
+    pub async fn mark_sent(conn: &mut DbConn, id: i64, now: DateTime<Utc>) -> QueryResult<()> {
+        use notification_outbox as n;
+        diesel::update(n::table.find(id))
+            .set((
+                n::sent_at.eq(now),
+                n::attempts.eq(n::attempts + 1),
+                n::locked_until.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn mark_failed(conn: &mut DbConn, id: i64, now: DateTime<Utc>, error: &str) -> QueryResult<()> {
+        use notification_outbox as n;
+        diesel::update(n::table.find(id))
+            .set((
+                n::failed_at.eq(now),
+                n::attempts.eq(n::attempts + 1),
+                n::last_error.eq(error),
+                n::locked_until.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn retry_later(
+        conn: &mut DbConn,
+        id: i64,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> QueryResult<()> {
+        use notification_outbox as n;
+        diesel::update(n::table.find(id))
+            .set((
+                n::next_attempt_at.eq(at),
+                n::attempts.eq(n::attempts + 1),
+                n::last_error.eq(error),
+                n::locked_until.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// Messages not yet sent or given up on.
+    pub async fn backlog(conn: &mut DbConn) -> QueryResult<i64> {
+        use notification_outbox as n;
+        n::table
+            .filter(n::sent_at.is_null())
+            .filter(n::failed_at.is_null())
+            .count()
+            .get_result(conn)
+            .await
+    }
+}

@@ -1,0 +1,338 @@
+//! The serde types of PROTOCOL.md: REST bodies and socket messages. The server, the tests and the load
+//! generator all use these, so the contract lives in one place.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{CategoryId, MenuItemId, OrderId, OrderStatus, RestaurantId, StaffId, TableId};
+
+/// An error body: `{"error": "<code>", "message": "<sentence>"}` plus optional details.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_ids: Option<Vec<MenuItemId>>,
+}
+
+/// One line of an order as the guest sees it: name and price copied at order time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub menu_item_id: MenuItemId,
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub quantity: i32,
+    pub note: String,
+}
+
+/// An order. `phone` is the guest's own number on guest calls and masked for the kitchen and tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub restaurant_id: RestaurantId,
+    pub table_id: TableId,
+    pub table_label: String,
+    pub ticket_no: i32,
+    pub status: OrderStatus,
+    pub items: Vec<OrderLine>,
+    pub note: String,
+    pub total_cents: i64,
+    pub currency: String,
+    pub phone: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `POST /api/v1/orders` body. Unknown fields are refused, so a client cannot smuggle a price.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    pub table_token: String,
+    pub items: Vec<PlaceOrderLine>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderLine {
+    pub menu_item_id: MenuItemId,
+    pub quantity: i32,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrdersPage {
+    pub orders: Vec<Order>,
+    pub next_before: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrderList {
+    pub orders: Vec<Order>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatusRequest {
+    pub status: OrderStatus,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAvailableRequest {
+    pub available: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAcceptingRequest {
+    pub accepting_orders: bool,
+}
+
+/// A dish as the guest menu shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MenuItemView {
+    pub id: MenuItemId,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub available: bool,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CategoryView {
+    pub id: CategoryId,
+    pub name: String,
+    pub items: Vec<MenuItemView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MenuView {
+    pub version: String,
+    pub categories: Vec<CategoryView>,
+}
+
+/// The restaurant as guests see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestaurantPublic {
+    pub id: RestaurantId,
+    pub slug: String,
+    pub name: String,
+    pub currency: String,
+    pub accepting_orders: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TablePublic {
+    pub id: TableId,
+    pub label: String,
+}
+
+/// `GET /api/v1/tables/{token}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableMenu {
+    pub restaurant: RestaurantPublic,
+    pub table: TablePublic,
+    pub menu: MenuView,
+}
+
+/// The restaurant as its kitchen sees it (extension: ticket timer thresholds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestaurantKitchen {
+    pub id: RestaurantId,
+    pub slug: String,
+    pub name: String,
+    pub currency: String,
+    pub accepting_orders: bool,
+    pub ticket_warn_after_s: i32,
+    pub ticket_late_after_s: i32,
+}
+
+/// `GET /api/v1/kitchen/restaurant` (extension).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KitchenRestaurant {
+    pub restaurant: RestaurantKitchen,
+    pub menu: MenuView,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtpSendRequest {
+    pub phone: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OtpSendResponse {
+    pub expires_in_s: u64,
+    pub resend_after_s: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtpVerifyRequest {
+    pub phone: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OtpVerifyResponse {
+    pub customer_token: String,
+    pub phone: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Chef,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Chef => "chef",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "chef" => Some(Role::Chef),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StaffUser {
+    pub id: StaffId,
+    pub username: String,
+    pub role: Role,
+    pub restaurant_id: Option<RestaurantId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub user: StaffUser,
+}
+
+/// Server → client socket messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Hello {
+        epoch: String,
+        seq: u64,
+    },
+    Snapshot {
+        epoch: String,
+        seq: u64,
+        orders: Vec<Order>,
+    },
+    OrderCreated {
+        seq: u64,
+        order: Order,
+    },
+    OrderStatus {
+        seq: u64,
+        order_id: OrderId,
+        ticket_no: i32,
+        status: OrderStatus,
+        updated_at: DateTime<Utc>,
+    },
+    MenuItem {
+        seq: u64,
+        item_id: MenuItemId,
+        available: bool,
+    },
+    Restaurant {
+        seq: u64,
+        accepting_orders: bool,
+    },
+    Menu {
+        seq: u64,
+        version: String,
+    },
+    Ack {
+        request_id: String,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        error: String,
+        message: String,
+    },
+}
+
+impl ServerMsg {
+    /// The event's sequence number, for the events that carry one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ServerMsg::OrderCreated { seq, .. }
+            | ServerMsg::OrderStatus { seq, .. }
+            | ServerMsg::MenuItem { seq, .. }
+            | ServerMsg::Restaurant { seq, .. }
+            | ServerMsg::Menu { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// Client → server socket messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    Resume {
+        epoch: String,
+        since: u64,
+    },
+    SetStatus {
+        request_id: String,
+        order_id: OrderId,
+        status: OrderStatus,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_messages_put_type_first() {
+        let m = ServerMsg::Hello {
+            epoch: "e1".into(),
+            seq: 3,
+        };
+        let s = serde_json::to_string(&m).expect("serialises");
+        assert_eq!(s, r#"{"type":"hello","epoch":"e1","seq":3}"#);
+        let c: ClientMsg =
+            serde_json::from_str(r#"{"type":"resume","epoch":"e1","since":7}"#).expect("parses");
+        assert_eq!(
+            c,
+            ClientMsg::Resume {
+                epoch: "e1".into(),
+                since: 7
+            }
+        );
+    }
+
+    #[test]
+    fn order_requests_refuse_client_prices() {
+        let r = serde_json::from_str::<PlaceOrderRequest>(
+            r#"{"table_token":"t","items":[{"menu_item_id":"7f1c1d9e-4c55-4f61-9d8f-0d9a3b0a3b21","quantity":1,"price_cents":1}]}"#,
+        );
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! Staff and guest authentication: opaque random tokens (only their SHA-256 is stored), argon2id
+//! passwords, and the extractors [`Staff`] and [`Customer`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{web, FromRequest, HttpRequest};
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use base64::Engine as _;
+use chrono::Utc;
+use rand::RngCore;
+use scan2order_schema::domain::{Phone, RestaurantId, StaffId};
+use scan2order_schema::models::{CustomerSession, StaffUserRow};
+use scan2order_schema::wire::Role;
+use sha2::{Digest, Sha256};
+
+use crate::context::AppContext;
+use crate::error::ApiError;
+
+/// The staff session cookie.
+pub const SESSION_COOKIE: &str = "s2o_session";
+
+/// A new opaque token: 256 random bits, URL-safe base64.
+pub fn new_token() -> String {
+    random_url_safe(32)
+}
+
+/// `n` random bytes from the OS-seeded CSPRNG, URL-safe base64 without padding.
+pub fn random_url_safe(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// What the database stores of a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Argon2id with the crate's recommended parameters.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
+}
+
+/// Checks a password; a malformed stored hash counts as a mismatch.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+/// A hash nobody's password matches, verified for unknown users so that they take as long as known ones.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(&random_url_safe(24)).unwrap_or_default())
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// The staff token of a request: bearer header or session cookie; sockets also accept `?token=`.
+pub fn staff_token(req: &HttpRequest, allow_query: bool) -> Option<(String, bool)> {
+    if let Some(t) = bearer(req) {
+        return Some((t, false));
+    }
+    if let Some(c) = req.cookie(SESSION_COOKIE) {
+        return Some((c.value().to_string(), true));
+    }
+    if allow_query {
+        let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok()?;
+        return q.get("token").cloned().map(|t| (t, false));
+    }
+    None
+}
+
+/// A signed-in staff member.
+#[derive(Clone, Debug)]
+pub struct Staff {
+    pub id: StaffId,
+    pub username: String,
+    pub role: Role,
+    pub restaurant_id: Option<RestaurantId>,
+    /// True when the request authenticated with the cookie (state changes then need a same-origin check).
+    pub via_cookie: bool,
+    pub row: StaffUserRow,
+}
+
+impl Staff {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The restaurant a kitchen call acts on: a chef's own, or for an admin the `restaurant_id` asked for.
+    pub fn kitchen_restaurant(&self, asked: Option<RestaurantId>) -> Result<RestaurantId, ApiError> {
+        match self.role {
+            Role::Chef => {
+                let own = self.restaurant_id.ok_or_else(ApiError::forbidden)?;
+                match asked {
+                    Some(other) if other != own => Err(ApiError::not_found()),
+                    _ => Ok(own),
+                }
+            }
+            Role::Admin => asked.ok_or_else(|| ApiError::invalid("restaurant_id: required for admin accounts")),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+}
+
+pub async fn staff_from_token(ctx: &AppContext, token: &str) -> Result<Option<StaffUserRow>, ApiError> {
+    let mut conn = ctx.pool.get().await?;
+    Ok(StaffUserRow::by_session(&mut conn, &token_hash(token), Utc::now()).await?)
+}
+
+pub async fn authenticate_staff(req: &HttpRequest, allow_query: bool) -> Result<Staff, ApiError> {
+    let ctx = req
+        .app_data::<web::Data<AppContext>>()
+        .ok_or_else(|| ApiError::internal("app context", "missing"))?;
+    let (token, via_cookie) = staff_token(req, allow_query).ok_or_else(ApiError::unauthenticated)?;
+    let row = staff_from_token(ctx, &token)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    let role = Role::parse(&row.role).ok_or_else(ApiError::forbidden)?;
+    Ok(Staff {
+        id: row.id.into(),
+        username: row.username.clone(),
+        role,
+        restaurant_id: row.restaurant_id.map(Into::into),
+        via_cookie,
+        row,
+    })
+}
+
+impl FromRequest for Staff {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Staff, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate_staff(&req, false).await })
+    }
+}
+
+/// A guest with a verified phone (customer token).
+#[derive(Clone, Debug)]
+pub struct Customer {
+    pub phone: Phone,
+}
+
+impl FromRequest for Customer {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Customer, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let ctx = req
+                .app_data::<web::Data<AppContext>>()
+                .ok_or_else(|| ApiError::internal("app context", "missing"))?;
+            let token = bearer(&req).ok_or_else(ApiError::unauthenticated)?;
+            let mut conn = ctx.pool.get().await?;
+            let phone = CustomerSession::phone_for(&mut conn, &token_hash(&token), Utc::now())
+                .await?
+                .ok_or_else(ApiError::unauthenticated)?;
+            Ok(Customer {
+                phone: Phone::from_stored(phone),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_url_safe() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let h = hash_password("correct horse").expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+}

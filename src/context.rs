@@ -1,0 +1,21 @@
+//! The one application context, registered once as app data. Every field says what it is for.
+
+use std::sync::Arc;
+
+use scan2order_actors::notifier::MessageSender;
+use scan2order_actors::shard::ShardSupervisor;
+use scan2order_schema::DbPool;
+
+use crate::config::Settings;
+
+#[derive(Clone)]
+pub struct AppContext {
+    /// Postgres: reads, sessions and OTP challenges (orders and menu flags are written by the writers).
+    pub pool: DbPool,
+    /// The restaurant registry and table directory: the only way handlers reach restaurants.
+    pub engine: ShardSupervisor,
+    /// Typed settings, loaded once.
+    pub settings: Arc<Settings>,
+    /// Sends one-time codes (the WhatsApp Cloud API client, or the development log).
+    pub sender: Arc<dyn MessageSender>,
+}

@@ -1,0 +1,31 @@
+//! # Scan2Order
+//!
+//! The engine behind QR-code ordering at restaurant tables. This crate is the server around the actors:
+//!
+//! # Layout
+//! - [`config`]: typed settings from `config/default.toml`, a file and the environment;
+//! - [`startup`]: builds the application (database, shards, notifier, HTTP) and shuts it down cleanly;
+//! - [`routes`]: the REST and socket endpoints of PROTOCOL.md, with [`auth`] extractors and [`error`]
+//!   mapping every failure to `{"error", "message"}`;
+//! - [`ws`]: the socket transport under the session actors;
+//! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
+//! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data.
+//!
+//! The actors live in `scan2order-actors`, the schema and wire types in `scan2order-schema`.
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod routes;
+pub mod seed;
+pub mod startup;
+pub mod telemetry;
+pub mod whatsapp;
+pub mod ws;
+
+/// Installs the process-wide TLS crypto provider once (reqwest's rustls needs exactly one).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,114 @@
+//! The `scan2order` binary: parse the command line, load settings, set up tracing, run.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use scan2order::config::Settings;
+use scan2order::startup::Application;
+use scan2order::{db, seed, telemetry};
+
+#[derive(Parser)]
+#[command(name = "scan2order", version, about = "Real-time engine for QR-code ordering at restaurant tables")]
+struct Cli {
+    /// A settings file layered over config/default.toml.
+    #[arg(long, global = true, env = "SCAN2ORDER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API, sockets and web apps (the default).
+    Serve,
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// Create the demo restaurants, tables and logins (idempotent) and print them.
+    SeedDemo,
+    /// Create an admin account; the password comes from SCAN2ORDER_ADMIN_PASSWORD or a prompt.
+    CreateAdmin {
+        #[arg(long)]
+        username: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.log);
+    scan2order::install_crypto_provider();
+    let system = actix_web::rt::System::new();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => system.block_on(serve(settings)),
+        Command::Migrate => system.block_on(migrate(settings)),
+        Command::SeedDemo => system.block_on(seed_demo(settings)),
+        Command::CreateAdmin { username } => {
+            let password = admin_password()?;
+            system.block_on(scan2order::startup::create_admin(settings, username, password))
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    let handle = app.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        handle.shutdown().await;
+    });
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let url = settings.database.url.expose();
+    if settings.database.create_if_missing {
+        db::create_database_if_missing(url).await?;
+    }
+    db::run_migrations(url).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn seed_demo(settings: Settings) -> anyhow::Result<()> {
+    let url = settings.database.url.expose();
+    if settings.database.create_if_missing {
+        db::create_database_if_missing(url).await?;
+    }
+    db::run_migrations(url).await?;
+    let pool = db::build_pool(&settings.database).await?;
+    for line in seed::seed_demo(&pool, settings.public_base_url()).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn admin_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("SCAN2ORDER_ADMIN_PASSWORD") {
+        return Ok(p);
+    }
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "set SCAN2ORDER_ADMIN_PASSWORD or run in a terminal to be prompted"
+    );
+    eprint!("Password for the new admin: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}

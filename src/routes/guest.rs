@@ -1,0 +1,305 @@
+//! Guest calls: the table menu, one-time codes, ordering, and a guest's own orders.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use rand::Rng;
+use scan2order_actors::notifier::{backoff, SendOutcome, TemplateMessage};
+use scan2order_actors::restaurant::{EngineError, GetTableMenu, PlaceOrder};
+use scan2order_schema::domain::{Phone, MAX_IDEMPOTENCY_KEY_CHARS};
+use scan2order_schema::models::{CustomerSession, OtpChallenge, StoredOrder};
+use scan2order_schema::wire::{
+    OrdersPage, OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse, PlaceOrderRequest,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::auth::{new_token, token_hash, Customer};
+use crate::context::AppContext;
+use crate::error::{ApiError, ApiResult};
+
+/// Tries for sending one code before giving up (the guest can ask again).
+const OTP_SEND_TRIES: u32 = 3;
+/// Orders per page of a guest's history.
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/tables/{token}", web::get().to(table_menu))
+        .route("/otp/send", web::post().to(otp_send))
+        .route("/otp/verify", web::post().to(otp_verify))
+        .route("/orders", web::post().to(place_order))
+        .route("/orders/{id}", web::get().to(get_order))
+        .route("/me/orders", web::get().to(my_orders));
+}
+
+fn phone_field(raw: &str) -> ApiResult<Phone> {
+    Phone::parse(raw).map_err(|_| {
+        ApiError::invalid("phone: must be in E.164 form, + then 8 to 15 digits (spaces and dashes allowed)")
+    })
+}
+
+/// `GET /api/v1/tables/{token}`: served from the restaurant actor's memory, with an `ETag`.
+async fn table_menu(
+    ctx: web::Data<AppContext>,
+    token: web::Path<String>,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let (addr, table) = ctx.engine.resolve_table(&token).await?;
+    let answer = addr.send(GetTableMenu { table_id: table.table_id }).await??;
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == answer.etag || t.trim() == "*"));
+    let mut res = if matches {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((header::ETAG, answer.etag))
+        .insert_header((header::CACHE_CONTROL, "no-cache"));
+    if matches {
+        return Ok(res.finish());
+    }
+    Ok(res.content_type("application/json").body(answer.body))
+}
+
+fn otp_hash(challenge: Uuid, code: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(challenge.as_bytes());
+    h.update(code.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// `POST /api/v1/otp/send`: a 6-digit code, stored hashed, sent only to WhatsApp.
+async fn otp_send(ctx: web::Data<AppContext>, body: web::Json<OtpSendRequest>) -> ApiResult<HttpResponse> {
+    let phone = phone_field(&body.phone)?;
+    let auth = &ctx.settings.auth;
+    let now = Utc::now();
+    let mut conn = ctx.pool.get().await?;
+    let recent = OtpChallenge::count_since(&mut conn, phone.as_str(), now - ChronoDuration::seconds(auth.otp_resend_after_s)).await?;
+    if recent > 0 {
+        return Err(ApiError::rate_limited(auth.otp_resend_after_s as u64));
+    }
+    let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
+    let id = Uuid::new_v4();
+    OtpChallenge {
+        id,
+        phone: phone.as_str().to_string(),
+        code_hash: otp_hash(id, &code),
+        attempts: 0,
+        created_at: now,
+        expires_at: now + ChronoDuration::seconds(auth.otp_ttl_s),
+        consumed_at: None,
+    }
+    .insert(&mut conn)
+    .await?;
+    drop(conn);
+    let msg = TemplateMessage {
+        to: phone.digits().to_string(),
+        template: ctx.settings.whatsapp.otp_template.clone(),
+        body_params: vec![code.clone()],
+        code_button: Some(code),
+    };
+    let sender = ctx.sender.clone();
+    actix_web::rt::spawn(async move {
+        for attempt in 0..OTP_SEND_TRIES {
+            match sender.send(&msg).await {
+                SendOutcome::Sent => return,
+                SendOutcome::Failed(reason) => {
+                    tracing::warn!(to = ?msg, %reason, "one-time code refused by the API");
+                    return;
+                }
+                SendOutcome::Retry { after, reason } => {
+                    tracing::info!(%reason, attempt, "one-time code send will be retried");
+                    tokio::time::sleep(after.unwrap_or_else(|| backoff(attempt as i32))).await;
+                }
+            }
+        }
+        tracing::warn!("one-time code not delivered after retries");
+    });
+    Ok(HttpResponse::Accepted().json(OtpSendResponse {
+        expires_in_s: auth.otp_ttl_s as u64,
+        resend_after_s: auth.otp_resend_after_s as u64,
+    }))
+}
+
+fn invalid_code() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_code", "that code is not right")
+}
+
+fn too_many_attempts() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "too many wrong codes; ask for a new one",
+    )
+}
+
+/// `POST /api/v1/otp/verify`: constant-time check, 5 attempts per code, then a 30-day customer token.
+async fn otp_verify(ctx: web::Data<AppContext>, body: web::Json<OtpVerifyRequest>) -> ApiResult<HttpResponse> {
+    let phone = phone_field(&body.phone)?;
+    let code = body.code.trim();
+    let auth = &ctx.settings.auth;
+    let mut conn = ctx.pool.get().await?;
+    let now = Utc::now();
+    let challenge = OtpChallenge::latest_open(&mut conn, phone.as_str())
+        .await?
+        .ok_or_else(invalid_code)?;
+    if challenge.expires_at <= now {
+        return Err(ApiError::new(StatusCode::GONE, "code_expired", "that code has expired; ask for a new one"));
+    }
+    if challenge.attempts >= auth.otp_max_attempts {
+        return Err(too_many_attempts());
+    }
+    // Take the attempt before comparing, so parallel guesses cannot exceed the limit.
+    let attempts = OtpChallenge::take_attempt(&mut conn, challenge.id, auth.otp_max_attempts)
+        .await?
+        .ok_or_else(too_many_attempts)?;
+    let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+    let matches = well_formed && bool::from(otp_hash(challenge.id, code).ct_eq(&challenge.code_hash));
+    if !matches {
+        return Err(if attempts >= auth.otp_max_attempts {
+            too_many_attempts()
+        } else {
+            invalid_code()
+        });
+    }
+    if !OtpChallenge::consume(&mut conn, challenge.id, now).await? {
+        return Err(invalid_code());
+    }
+    let token = new_token();
+    let expires_at = now + ChronoDuration::days(auth.customer_session_days);
+    CustomerSession {
+        token_hash: token_hash(&token),
+        phone: phone.as_str().to_string(),
+        created_at: now,
+        expires_at,
+    }
+    .insert(&mut conn)
+    .await?;
+    Ok(HttpResponse::Ok().json(OtpVerifyResponse {
+        customer_token: token,
+        phone: phone.as_str().to_string(),
+        expires_at,
+    }))
+}
+
+fn idempotency_key(req: &HttpRequest) -> ApiResult<String> {
+    let raw = req
+        .headers()
+        .get("Idempotency-Key")
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key: header is required"))?;
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key: must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(format!(
+            "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+        )));
+    }
+    Ok(key.to_string())
+}
+
+/// `POST /api/v1/orders`: validated and priced by the restaurant actor, answered after the commit.
+async fn place_order(
+    ctx: web::Data<AppContext>,
+    req: HttpRequest,
+    customer: Customer,
+    body: web::Json<PlaceOrderRequest>,
+) -> ApiResult<HttpResponse> {
+    let key = idempotency_key(&req)?;
+    let body = body.into_inner();
+    let (addr, table) = ctx.engine.resolve_table(&body.table_token).await.map_err(|e| match e {
+        EngineError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "table_token: no such table"),
+        other => other.into(),
+    })?;
+    let placed = addr
+        .send(PlaceOrder {
+            table_id: table.table_id,
+            phone: customer.phone,
+            idempotency_key: key,
+            lines: body.items,
+            note: body.note,
+        })
+        .await??;
+    let status = if placed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(placed.order))
+}
+
+/// `GET /api/v1/orders/{id}`: only for the phone that placed it.
+async fn get_order(
+    ctx: web::Data<AppContext>,
+    id: web::Path<Uuid>,
+    customer: Customer,
+) -> ApiResult<HttpResponse> {
+    let mut conn = ctx.pool.get().await?;
+    let order = StoredOrder::find(&mut conn, *id)
+        .await?
+        .filter(|o| o.row.phone == customer.phone.as_str())
+        .ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(order.to_wire(true)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}_{}", at.timestamp_micros(), id.simple())
+}
+
+fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = s.split_once('_')?;
+    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some((at, Uuid::parse_str(id).ok()?))
+}
+
+/// `GET /api/v1/me/orders?limit=&before=`: newest first, across restaurants.
+async fn my_orders(
+    ctx: web::Data<AppContext>,
+    q: web::Query<PageQuery>,
+    customer: Customer,
+) -> ApiResult<HttpResponse> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: between 1 and {MAX_PAGE}")));
+    }
+    let before = match &q.before {
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid("before: not a cursor from next_before"))?),
+        None => None,
+    };
+    let mut conn = ctx.pool.get().await?;
+    let orders = StoredOrder::for_phone(&mut conn, customer.phone.as_str(), before, limit).await?;
+    let next_before = (orders.len() as i64 == limit)
+        .then(|| orders.last().map(|o| encode_cursor(o.row.created_at, o.row.id)))
+        .flatten();
+    Ok(HttpResponse::Ok().json(OrdersPage {
+        orders: orders.iter().map(|o| o.to_wire(true)).collect(),
+        next_before,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let at = DateTime::from_timestamp_micros(1_790_000_000_123_456).expect("valid");
+        let id = Uuid::new_v4();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)), Some((at, id)));
+        assert_eq!(decode_cursor("garbage"), None);
+    }
+}

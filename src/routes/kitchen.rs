@@ -1,0 +1,208 @@
+//! Staff calls: login, logout and `me`; the kitchen's live orders, status changes, sold-out toggles and
+//! pausing orders. Chefs act on their own restaurant; admins name one with `?restaurant_id=`.
+
+use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{Duration as ChronoDuration, Utc};
+use scan2order_actors::restaurant::{
+    ChangeStatus, GetKitchenInfo, GetLiveOrders, RestaurantActor, SetAccepting, SetAvailability,
+};
+use scan2order_schema::domain::{MenuItemId, OrderId, RestaurantId};
+use scan2order_schema::models::{StaffSession, StaffUserRow};
+use scan2order_schema::wire::{
+    LoginRequest, LoginResponse, OrderList, SetAcceptingRequest, SetAvailableRequest, SetStatusRequest,
+};
+use serde::Deserialize;
+
+use crate::auth::{self, new_token, token_hash, verify_password, Staff, SESSION_COOKIE};
+use crate::context::AppContext;
+use crate::error::{ApiError, ApiResult};
+
+/// Longest username and password looked at; longer ones cannot be ours and cost argon2 time.
+const MAX_USERNAME: usize = 64;
+const MAX_PASSWORD: usize = 256;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/login", web::post().to(login))
+        .route("/auth/logout", web::post().to(logout))
+        .route("/auth/me", web::get().to(me))
+        .route("/kitchen/orders", web::get().to(live_orders))
+        .route("/kitchen/orders/{id}/status", web::post().to(set_status))
+        .route("/kitchen/menu-items/{id}", web::patch().to(set_available))
+        .route("/kitchen/restaurant", web::patch().to(set_accepting))
+        .route("/kitchen/restaurant", web::get().to(kitchen_info));
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "wrong username or password",
+    )
+}
+
+fn session_cookie(value: String, max_age: CookieDuration, secure: bool) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, value)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .max_age(max_age)
+        .finish()
+}
+
+/// `POST /api/v1/auth/login`: argon2id check off the event loop; the same answer for unknown users and
+/// wrong passwords.
+async fn login(ctx: web::Data<AppContext>, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
+    let LoginRequest { username, password } = body.into_inner();
+    if username.len() > MAX_USERNAME || password.len() > MAX_PASSWORD {
+        return Err(invalid_credentials());
+    }
+    let user = {
+        let mut conn = ctx.pool.get().await?;
+        StaffUserRow::by_username(&mut conn, &username).await?
+    };
+    let hash = user
+        .as_ref()
+        .map_or_else(|| auth::dummy_hash().to_string(), |u| u.password_hash.clone());
+    let ok = web::block(move || verify_password(&password, &hash))
+        .await
+        .map_err(|e| ApiError::internal("password check", e))?;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => return Err(invalid_credentials()),
+    };
+    let token = new_token();
+    let now = Utc::now();
+    let hours = ctx.settings.auth.staff_session_hours;
+    let mut conn = ctx.pool.get().await?;
+    StaffSession {
+        token_hash: token_hash(&token),
+        user_id: user.id,
+        created_at: now,
+        expires_at: now + ChronoDuration::hours(hours),
+    }
+    .insert(&mut conn)
+    .await?;
+    tracing::info!(user_id = %user.id, role = %user.role, "staff signed in");
+    Ok(HttpResponse::Ok()
+        .cookie(session_cookie(
+            token.clone(),
+            CookieDuration::hours(hours),
+            ctx.settings.secure_cookies(),
+        ))
+        .json(LoginResponse {
+            token,
+            user: user.to_wire(),
+        }))
+}
+
+/// `POST /api/v1/auth/logout`: the token stops working at once.
+async fn logout(ctx: web::Data<AppContext>, req: HttpRequest, staff: Staff) -> ApiResult<HttpResponse> {
+    let (token, _) = auth::staff_token(&req, false).ok_or_else(ApiError::unauthenticated)?;
+    let mut conn = ctx.pool.get().await?;
+    StaffSession::delete(&mut conn, &token_hash(&token)).await?;
+    tracing::info!(user_id = %staff.id, "staff signed out");
+    Ok(HttpResponse::NoContent()
+        .cookie(session_cookie(
+            String::new(),
+            CookieDuration::ZERO,
+            ctx.settings.secure_cookies(),
+        ))
+        .finish())
+}
+
+async fn me(staff: Staff) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(staff.row.to_wire()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestaurantQuery {
+    pub restaurant_id: Option<RestaurantId>,
+}
+
+async fn kitchen_actor(
+    ctx: &AppContext,
+    staff: &Staff,
+    q: &RestaurantQuery,
+) -> ApiResult<actix::Addr<RestaurantActor>> {
+    let id = staff.kitchen_restaurant(q.restaurant_id)?;
+    Ok(ctx.engine.restaurant(id).await?)
+}
+
+/// `GET /api/v1/kitchen/orders`: live orders, oldest first, phones masked.
+async fn live_orders(
+    ctx: web::Data<AppContext>,
+    staff: Staff,
+    q: web::Query<RestaurantQuery>,
+) -> ApiResult<HttpResponse> {
+    let addr = kitchen_actor(&ctx, &staff, &q).await?;
+    let orders = addr.send(GetLiveOrders).await?;
+    Ok(HttpResponse::Ok().json(OrderList { orders }))
+}
+
+/// `GET /api/v1/kitchen/restaurant` (extension): the restaurant and its full menu for the display.
+async fn kitchen_info(
+    ctx: web::Data<AppContext>,
+    staff: Staff,
+    q: web::Query<RestaurantQuery>,
+) -> ApiResult<HttpResponse> {
+    let addr = kitchen_actor(&ctx, &staff, &q).await?;
+    let body = addr.send(GetKitchenInfo).await?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
+/// `POST /api/v1/kitchen/orders/{id}/status`.
+async fn set_status(
+    ctx: web::Data<AppContext>,
+    staff: Staff,
+    id: web::Path<OrderId>,
+    q: web::Query<RestaurantQuery>,
+    body: web::Json<SetStatusRequest>,
+) -> ApiResult<HttpResponse> {
+    let addr = kitchen_actor(&ctx, &staff, &q).await?;
+    let order = addr
+        .send(ChangeStatus {
+            order_id: *id,
+            status: body.status,
+            by: Some(staff.id),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(order))
+}
+
+/// `PATCH /api/v1/kitchen/menu-items/{id}`: every open guest socket hears it.
+async fn set_available(
+    ctx: web::Data<AppContext>,
+    staff: Staff,
+    id: web::Path<MenuItemId>,
+    q: web::Query<RestaurantQuery>,
+    body: web::Json<SetAvailableRequest>,
+) -> ApiResult<HttpResponse> {
+    let addr = kitchen_actor(&ctx, &staff, &q).await?;
+    let item = addr
+        .send(SetAvailability {
+            item_id: *id,
+            available: body.available,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+/// `PATCH /api/v1/kitchen/restaurant`: pause or resume ordering; guests hear it.
+async fn set_accepting(
+    ctx: web::Data<AppContext>,
+    staff: Staff,
+    q: web::Query<RestaurantQuery>,
+    body: web::Json<SetAcceptingRequest>,
+) -> ApiResult<HttpResponse> {
+    let addr = kitchen_actor(&ctx, &staff, &q).await?;
+    let restaurant = addr
+        .send(SetAccepting {
+            accepting: body.accepting_orders,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(restaurant))
+}

@@ -1,0 +1,29 @@
+//! HTTP routes. Each module owns one area of PROTOCOL.md; [`configure`] mounts them all.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::error::ApiError;
+
+pub mod guest;
+pub mod health;
+pub mod kitchen;
+pub mod sockets;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .configure(guest::configure)
+            .configure(kitchen::configure)
+            .default_service(web::to(not_found)),
+    )
+    .configure(sockets::configure)
+    .configure(health::configure);
+}
+
+pub async fn not_found(_req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    ))
+}

@@ -1,0 +1,190 @@
+//! Building and running the application. [`Application::build`] prepares the database, starts the engine
+//! and binds the listener (port 0 works, for tests); [`AppHandle::shutdown`] is the explicit shutdown that
+//! SIGTERM and tests both use.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use scan2order_actors::notifier::NotifierActor;
+use scan2order_actors::restaurant::RestaurantConfig;
+use scan2order_actors::shard::{EngineSettings, ShardSupervisor};
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::context::AppContext;
+use crate::{db, error, routes, seed, whatsapp};
+
+/// How long in-flight requests get to finish once shutdown has begun.
+const SHUTDOWN_GRACE_S: u64 = 10;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    handle: AppHandle,
+}
+
+/// Stops the application from anywhere (signal handler, tests).
+#[derive(Clone)]
+pub struct AppHandle {
+    server: ServerHandle,
+    ctx: AppContext,
+    notifier: Arc<Arbiter>,
+}
+
+impl Application {
+    /// Prepares the database (create, migrate, seed the demo when asked), starts shards, writers and the
+    /// notifier, and binds the HTTP listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let url = settings.database.url.expose().to_string();
+        if settings.database.create_if_missing {
+            db::create_database_if_missing(&url).await?;
+        }
+        db::run_migrations(&url).await?;
+        let pool = db::build_pool(&settings.database).await?;
+        if settings.demo.seed_on_start {
+            if let Some(lines) = seed::seed_if_empty(&pool, settings.public_base_url()).await? {
+                println!("Seeded the demo restaurants:");
+                for line in lines {
+                    println!("{line}");
+                }
+            }
+        }
+        let outbox_wake = Arc::new(Notify::new());
+        let engine = ShardSupervisor::start(
+            pool.clone(),
+            EngineSettings {
+                shards: settings.shards(),
+                write_timeout: settings.write_timeout(),
+                restaurant: RestaurantConfig {
+                    ring_size: settings.engine.ring_size,
+                    recent_keys: settings.engine.recent_keys,
+                },
+            },
+            outbox_wake.clone(),
+        );
+        let sender = whatsapp::sender_from(&settings.whatsapp)?;
+        let notifier_arbiter = Arbiter::new();
+        {
+            let (pool, sender, wake) = (pool.clone(), sender.clone(), outbox_wake.clone());
+            let templates = whatsapp::templates_from(&settings.whatsapp);
+            let poll = Duration::from_millis(settings.whatsapp.outbox_poll_ms);
+            NotifierActor::start_in_arbiter(&notifier_arbiter.handle(), move |_| {
+                NotifierActor::new(pool, sender, templates, wake, poll)
+            });
+        }
+        let settings = Arc::new(settings);
+        let ctx = AppContext {
+            pool,
+            engine,
+            settings: settings.clone(),
+            sender,
+        };
+        let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
+        let port = listener.local_addr()?.port();
+        let body_limit = settings.http.body_limit_bytes;
+        let app_ctx = ctx.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(app_ctx.clone()))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(body_limit)
+                        .content_type_required(true)
+                        .error_handler(error::json_error),
+                )
+                .app_data(web::PayloadConfig::default().limit(body_limit))
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .listen(listener)?
+        .workers(settings.workers())
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_S)
+        .run();
+        let handle = AppHandle {
+            server: server.handle(),
+            ctx,
+            notifier: Arc::new(notifier_arbiter),
+        };
+        tracing::info!(
+            port,
+            database = %settings.database.redacted_url(),
+            shards = settings.shards(),
+            workers = settings.workers(),
+            "Scan2Order listening"
+        );
+        Ok(Application { port, server, handle })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
+    }
+
+    pub fn context(&self) -> AppContext {
+        self.handle.ctx.clone()
+    }
+
+    /// Serves until [`AppHandle::shutdown`] (or the server stops by itself).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+impl AppHandle {
+    /// Clean shutdown: stop accepting, commit everything queued, close sockets with 1001, finish
+    /// in-flight requests, stop.
+    pub async fn shutdown(&self) {
+        tracing::info!("shutting down");
+        self.server.pause().await;
+        self.ctx.engine.shutdown().await;
+        self.server.stop(true).await;
+        self.notifier.stop();
+        tracing::info!("stopped");
+    }
+}
+
+/// `create-admin`: a new admin account (the password is hashed with argon2id; never printed).
+pub async fn create_admin(settings: Settings, username: String, password: String) -> anyhow::Result<()> {
+    use diesel_async::RunQueryDsl;
+    use scan2order_schema::models::StaffUserRow;
+    anyhow::ensure!(
+        (3..=64).contains(&username.len()) && username.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        "usernames are 3 to 64 letters, digits, '.', '_' or '-'"
+    );
+    anyhow::ensure!(password.chars().count() >= 10, "admin passwords need at least 10 characters");
+    let url = settings.database.url.expose();
+    if settings.database.create_if_missing {
+        db::create_database_if_missing(url).await?;
+    }
+    db::run_migrations(url).await?;
+    let pool = db::build_pool(&settings.database).await?;
+    let mut conn = pool.get().await?;
+    anyhow::ensure!(
+        StaffUserRow::by_username(&mut conn, &username).await?.is_none(),
+        "a user named {username} exists already"
+    );
+    let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??;
+    diesel::insert_into(scan2order_schema::schema::staff_users::table)
+        .values(StaffUserRow {
+            id: uuid::Uuid::new_v4(),
+            username: username.clone(),
+            password_hash: hash,
+            role: "admin".into(),
+            restaurant_id: None,
+            created_at: chrono::Utc::now(),
+        })
+        .execute(&mut conn)
+        .await?;
+    println!("admin {username} created");
+    Ok(())
+}
