@@ -61,7 +61,11 @@ pub fn dummy_hash() -> &'static str {
 
 /// The bearer token of a request, if any.
 pub fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
@@ -79,7 +83,9 @@ pub fn staff_token(req: &HttpRequest, allow_query: bool) -> Option<(String, bool
         return Some((c.value().to_string(), true));
     }
     if allow_query {
-        let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok()?;
+        let q =
+            web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+                .ok()?;
         return q.get("token").cloned().map(|t| (t, false));
     }
     None
@@ -103,7 +109,10 @@ impl Staff {
     }
 
     /// The restaurant a kitchen call acts on: a chef's own, or for an admin the `restaurant_id` asked for.
-    pub fn kitchen_restaurant(&self, asked: Option<RestaurantId>) -> Result<RestaurantId, ApiError> {
+    pub fn kitchen_restaurant(
+        &self,
+        asked: Option<RestaurantId>,
+    ) -> Result<RestaurantId, ApiError> {
         match self.role {
             Role::Chef => {
                 let own = self.restaurant_id.ok_or_else(ApiError::forbidden)?;
@@ -112,7 +121,9 @@ impl Staff {
                     _ => Ok(own),
                 }
             }
-            Role::Admin => asked.ok_or_else(|| ApiError::invalid("restaurant_id: required for admin accounts")),
+            Role::Admin => {
+                asked.ok_or_else(|| ApiError::invalid("restaurant_id: required for admin accounts"))
+            }
         }
     }
 
@@ -125,7 +136,10 @@ impl Staff {
     }
 }
 
-pub async fn staff_from_token(ctx: &AppContext, token: &str) -> Result<Option<StaffUserRow>, ApiError> {
+pub async fn staff_from_token(
+    ctx: &AppContext,
+    token: &str,
+) -> Result<Option<StaffUserRow>, ApiError> {
     let mut conn = ctx.pool.get().await?;
     Ok(StaffUserRow::by_session(&mut conn, &token_hash(token), Utc::now()).await?)
 }
@@ -134,7 +148,8 @@ pub async fn authenticate_staff(req: &HttpRequest, allow_query: bool) -> Result<
     let ctx = req
         .app_data::<web::Data<AppContext>>()
         .ok_or_else(|| ApiError::internal("app context", "missing"))?;
-    let (token, via_cookie) = staff_token(req, allow_query).ok_or_else(ApiError::unauthenticated)?;
+    let (token, via_cookie) =
+        staff_token(req, allow_query).ok_or_else(ApiError::unauthenticated)?;
     let row = staff_from_token(ctx, &token)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
@@ -197,7 +212,9 @@ mod tests {
         let b = new_token();
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
     #[test]

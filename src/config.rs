@@ -76,7 +76,12 @@ impl DatabaseSettings {
             (Some(scheme), Some(at)) if at > scheme => {
                 let creds = &url[scheme + 3..at];
                 match creds.find(':') {
-                    Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                    Some(colon) => format!(
+                        "{}{}:***{}",
+                        &url[..scheme + 3],
+                        &creds[..colon],
+                        &url[at..]
+                    ),
                     None => url.to_string(),
                 }
             }
@@ -160,8 +165,10 @@ pub struct LogSettings {
 impl Settings {
     /// Defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -181,18 +188,28 @@ impl Settings {
     /// The shipped defaults alone (tests start from these).
     pub fn defaults() -> anyhow::Result<Settings> {
         let cfg = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
             .build()?;
         Ok(cfg.try_deserialize()?)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.http.public_base_url.starts_with("http://") || self.http.public_base_url.starts_with("https://"),
+            self.http.public_base_url.starts_with("http://")
+                || self.http.public_base_url.starts_with("https://"),
             "http.public_base_url must start with http:// or https://"
         );
-        anyhow::ensure!(self.database.pool_size > 0, "database.pool_size must be at least 1");
-        anyhow::ensure!(self.sockets.outbound_queue > 0, "sockets.outbound_queue must be at least 1");
+        anyhow::ensure!(
+            self.database.pool_size > 0,
+            "database.pool_size must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sockets.outbound_queue > 0,
+            "sockets.outbound_queue must be at least 1"
+        );
         if self.whatsapp.mode == WhatsAppMode::Cloud {
             anyhow::ensure!(
                 !self.whatsapp.phone_number_id.is_empty() && !self.whatsapp.access_token.is_empty(),

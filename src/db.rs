@@ -48,16 +48,18 @@ struct Exists {
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     let (admin_url, name) = split_database_url(url).context("database.url has no database name")?;
     anyhow::ensure!(
-        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
         "database names may hold letters, digits, '_' and '-' only"
     );
     let mut conn = AsyncPgConnection::establish(&admin_url)
         .await
         .context("connecting to the postgres maintenance database")?;
-    let found: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-        .bind::<diesel::sql_types::Text, _>(&name)
-        .get_result(&mut conn)
-        .await?;
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut conn)
+            .await?;
     if !found.exists {
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
@@ -81,8 +83,9 @@ pub async fn run_migrations(url: &str) -> anyhow::Result<()> {
 
 fn migrate_blocking(url: &str) -> anyhow::Result<()> {
     {
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(url)
-            .context("connecting to run migrations")?;
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(url)
+                .context("connecting to run migrations")?;
         conn.batch_execute("SET lock_timeout = '60s'")?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
@@ -113,11 +116,17 @@ mod tests {
     fn database_urls_split_into_maintenance_url_and_name() {
         assert_eq!(
             split_database_url("postgres://postgres@127.0.0.1:5432/scan2order"),
-            Some(("postgres://postgres@127.0.0.1:5432/postgres".into(), "scan2order".into()))
+            Some((
+                "postgres://postgres@127.0.0.1:5432/postgres".into(),
+                "scan2order".into()
+            ))
         );
         assert_eq!(
             split_database_url("postgres://u:p@h/db?sslmode=disable"),
-            Some(("postgres://u:p@h/postgres?sslmode=disable".into(), "db".into()))
+            Some((
+                "postgres://u:p@h/postgres?sslmode=disable".into(),
+                "db".into()
+            ))
         );
         assert_eq!(split_database_url("postgres://h"), None);
     }

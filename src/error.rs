@@ -39,7 +39,11 @@ impl ApiError {
     }
 
     pub fn not_found() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "nothing here by that id")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nothing here by that id",
+        )
     }
 
     pub fn unauthenticated() -> ApiError {
@@ -47,7 +51,11 @@ impl ApiError {
     }
 
     pub fn forbidden() -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "your account may not do this")
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "your account may not do this",
+        )
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -64,8 +72,12 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after: u64) -> ApiError {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
-            .with_retry_after(retry_after.max(1))
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
+        .with_retry_after(retry_after.max(1))
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> ApiError {
@@ -144,7 +156,10 @@ impl From<actix::MailboxError> for ApiError {
 }
 
 /// Maps the JSON extractor's failures to PROTOCOL.md: 413, 415, or 400 naming the problem.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     let api = match &err {
         J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
@@ -169,10 +184,16 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::Htt
 }
 
 /// Malformed ids in a path are ids we do not have.
-pub fn path_error(_err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn path_error(
+    _err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::not_found().into()
 }
 
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::invalid(format!("query: {err}")).into()
 }

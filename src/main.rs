@@ -9,7 +9,11 @@ use scan2order::startup::Application;
 use scan2order::{db, seed, telemetry};
 
 #[derive(Parser)]
-#[command(name = "scan2order", version, about = "Real-time engine for QR-code ordering at restaurant tables")]
+#[command(
+    name = "scan2order",
+    version,
+    about = "Real-time engine for QR-code ordering at restaurant tables"
+)]
 struct Cli {
     /// A settings file layered over config/default.toml.
     #[arg(long, global = true, env = "SCAN2ORDER_CONFIG")]
@@ -45,7 +49,9 @@ fn main() -> anyhow::Result<()> {
         Command::SeedDemo => system.block_on(seed_demo(settings)),
         Command::CreateAdmin { username } => {
             let password = admin_password()?;
-            system.block_on(scan2order::startup::create_admin(settings, username, password))
+            system.block_on(scan2order::startup::create_admin(
+                settings, username, password,
+            ))
         }
     }
 }

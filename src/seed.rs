@@ -4,7 +4,9 @@
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffUserRow};
+use scan2order_schema::models::{
+    MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffUserRow,
+};
 use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, staff_users};
 use scan2order_schema::{DbConn, DbPool};
 use uuid::Uuid;
@@ -34,7 +36,12 @@ struct DemoRestaurant {
     menu: &'static [(&'static str, &'static [DemoItem])],
 }
 
-const fn item(name: &'static str, description: &'static str, price_cents: i64, tags: &'static [&'static str]) -> DemoItem {
+const fn item(
+    name: &'static str,
+    description: &'static str,
+    price_cents: i64,
+    tags: &'static [&'static str],
+) -> DemoItem {
     DemoItem {
         name,
         description,
@@ -54,33 +61,93 @@ const DEMO: &[DemoRestaurant] = &[
             (
                 "Antipasti",
                 &[
-                    item("Bruschetta al pomodoro", "Grilled sourdough, tomato, garlic, basil", 750, &["vegan"]),
-                    item("Burrata", "Apulian burrata, cherry tomatoes, pesto", 1250, &["vegetarian"]),
-                    item("Arancini", "Saffron rice balls with mozzarella and peas", 900, &["vegetarian"]),
+                    item(
+                        "Bruschetta al pomodoro",
+                        "Grilled sourdough, tomato, garlic, basil",
+                        750,
+                        &["vegan"],
+                    ),
+                    item(
+                        "Burrata",
+                        "Apulian burrata, cherry tomatoes, pesto",
+                        1250,
+                        &["vegetarian"],
+                    ),
+                    item(
+                        "Arancini",
+                        "Saffron rice balls with mozzarella and peas",
+                        900,
+                        &["vegetarian"],
+                    ),
                 ],
             ),
             (
                 "Pasta",
                 &[
-                    item("Spaghetti carbonara", "Guanciale, egg yolk, pecorino, black pepper", 1450, &[]),
-                    item("Cacio e pepe", "Tonnarelli, pecorino romano, black pepper", 1300, &["vegetarian"]),
-                    item("Pappardelle al ragù", "Slow-cooked beef and pork ragù", 1600, &[]),
-                    item("Penne arrabbiata", "Tomato, chilli, garlic, parsley", 1150, &["vegan", "spicy"]),
+                    item(
+                        "Spaghetti carbonara",
+                        "Guanciale, egg yolk, pecorino, black pepper",
+                        1450,
+                        &[],
+                    ),
+                    item(
+                        "Cacio e pepe",
+                        "Tonnarelli, pecorino romano, black pepper",
+                        1300,
+                        &["vegetarian"],
+                    ),
+                    item(
+                        "Pappardelle al ragù",
+                        "Slow-cooked beef and pork ragù",
+                        1600,
+                        &[],
+                    ),
+                    item(
+                        "Penne arrabbiata",
+                        "Tomato, chilli, garlic, parsley",
+                        1150,
+                        &["vegan", "spicy"],
+                    ),
                 ],
             ),
             (
                 "Pizza",
                 &[
-                    item("Margherita", "San Marzano tomato, fior di latte, basil", 1100, &["vegetarian"]),
-                    item("Diavola", "Tomato, mozzarella, spicy salami", 1350, &["spicy"]),
-                    item("Quattro formaggi", "Mozzarella, gorgonzola, fontina, parmigiano", 1450, &["vegetarian"]),
+                    item(
+                        "Margherita",
+                        "San Marzano tomato, fior di latte, basil",
+                        1100,
+                        &["vegetarian"],
+                    ),
+                    item(
+                        "Diavola",
+                        "Tomato, mozzarella, spicy salami",
+                        1350,
+                        &["spicy"],
+                    ),
+                    item(
+                        "Quattro formaggi",
+                        "Mozzarella, gorgonzola, fontina, parmigiano",
+                        1450,
+                        &["vegetarian"],
+                    ),
                 ],
             ),
             (
                 "Dolci",
                 &[
-                    item("Tiramisù", "Mascarpone, espresso, savoiardi, cocoa", 750, &["vegetarian"]),
-                    item("Panna cotta", "Vanilla cream, berry coulis", 700, &["vegetarian", "gluten-free"]),
+                    item(
+                        "Tiramisù",
+                        "Mascarpone, espresso, savoiardi, cocoa",
+                        750,
+                        &["vegetarian"],
+                    ),
+                    item(
+                        "Panna cotta",
+                        "Vanilla cream, berry coulis",
+                        700,
+                        &["vegetarian", "gluten-free"],
+                    ),
                 ],
             ),
             (
@@ -104,32 +171,77 @@ const DEMO: &[DemoRestaurant] = &[
                 "Starters",
                 &[
                     item("Salt & pepper squid", "Lime mayonnaise", 895, &[]),
-                    item("Smoked mackerel pâté", "Toasted sourdough, pickles", 850, &[]),
-                    item("Soup of the day", "With bread and butter", 650, &["vegetarian"]),
+                    item(
+                        "Smoked mackerel pâté",
+                        "Toasted sourdough, pickles",
+                        850,
+                        &[],
+                    ),
+                    item(
+                        "Soup of the day",
+                        "With bread and butter",
+                        650,
+                        &["vegetarian"],
+                    ),
                 ],
             ),
             (
                 "Mains",
                 &[
-                    item("Fish & chips", "Beer-battered haddock, chips, mushy peas, tartare", 1750, &[]),
-                    item("Grilled sea bass", "Samphire, new potatoes, lemon butter", 2150, &["gluten-free"]),
+                    item(
+                        "Fish & chips",
+                        "Beer-battered haddock, chips, mushy peas, tartare",
+                        1750,
+                        &[],
+                    ),
+                    item(
+                        "Grilled sea bass",
+                        "Samphire, new potatoes, lemon butter",
+                        2150,
+                        &["gluten-free"],
+                    ),
                     item("Fish pie", "Salmon, haddock, prawns, mash crust", 1695, &[]),
-                    item("Rib-eye steak 10oz", "Peppercorn sauce, chips, rocket", 2650, &["gluten-free"]),
-                    item("Halloumi burger", "Roasted peppers, harissa mayo, fries", 1450, &["vegetarian", "spicy"]),
+                    item(
+                        "Rib-eye steak 10oz",
+                        "Peppercorn sauce, chips, rocket",
+                        2650,
+                        &["gluten-free"],
+                    ),
+                    item(
+                        "Halloumi burger",
+                        "Roasted peppers, harissa mayo, fries",
+                        1450,
+                        &["vegetarian", "spicy"],
+                    ),
                 ],
             ),
             (
                 "Sides",
                 &[
                     item("Chips", "", 450, &["vegan"]),
-                    item("Garden salad", "House dressing", 450, &["vegan", "gluten-free"]),
+                    item(
+                        "Garden salad",
+                        "House dressing",
+                        450,
+                        &["vegan", "gluten-free"],
+                    ),
                 ],
             ),
             (
                 "Puddings",
                 &[
-                    item("Sticky toffee pudding", "Toffee sauce, vanilla ice cream", 750, &["vegetarian"]),
-                    item("Eton mess", "Strawberries, meringue, cream", 700, &["vegetarian", "gluten-free"]),
+                    item(
+                        "Sticky toffee pudding",
+                        "Toffee sauce, vanilla ice cream",
+                        750,
+                        &["vegetarian"],
+                    ),
+                    item(
+                        "Eton mess",
+                        "Strawberries, meringue, cream",
+                        700,
+                        &["vegetarian", "gluten-free"],
+                    ),
                 ],
             ),
             (
@@ -146,8 +258,17 @@ const DEMO: &[DemoRestaurant] = &[
 /// One line a script can read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeedLine {
-    Table { slug: String, label: String, url: String },
-    Login { role: String, slug: String, username: String, password: String },
+    Table {
+        slug: String,
+        label: String,
+        url: String,
+    },
+    Login {
+        role: String,
+        slug: String,
+        username: String,
+        password: String,
+    },
 }
 
 impl std::fmt::Display for SeedLine {
@@ -243,7 +364,10 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
                 updated_at: now,
             })
             .collect();
-        diesel::insert_into(menu_items::table).values(rows).execute(conn).await?;
+        diesel::insert_into(menu_items::table)
+            .values(rows)
+            .execute(conn)
+            .await?;
     }
     let tables: Vec<RestaurantTable> = (1..=DEMO_TABLES)
         .map(|n| RestaurantTable {
@@ -298,7 +422,10 @@ pub async fn seed_demo(pool: &DbPool, public_base_url: &str) -> anyhow::Result<V
 }
 
 /// Seeds only a database without restaurants (the first start of the demo).
-pub async fn seed_if_empty(pool: &DbPool, public_base_url: &str) -> anyhow::Result<Option<Vec<SeedLine>>> {
+pub async fn seed_if_empty(
+    pool: &DbPool,
+    public_base_url: &str,
+) -> anyhow::Result<Option<Vec<SeedLine>>> {
     let mut conn = pool.get().await?;
     let any: i64 = scan2order_schema::schema::restaurants::table
         .count()

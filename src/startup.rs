@@ -119,7 +119,11 @@ impl Application {
             workers = settings.workers(),
             "Scan2Order listening"
         );
-        Ok(Application { port, server, handle })
+        Ok(Application {
+            port,
+            server,
+            handle,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -151,17 +155,34 @@ impl AppHandle {
         self.notifier.stop();
         tracing::info!("stopped");
     }
+
+    /// Immediate stop without draining (tests tearing down; a crash-like stop).
+    pub fn stop_now(&self) {
+        drop(self.server.stop(false));
+        self.ctx.engine.stop_now();
+        self.notifier.stop();
+    }
 }
 
 /// `create-admin`: a new admin account (the password is hashed with argon2id; never printed).
-pub async fn create_admin(settings: Settings, username: String, password: String) -> anyhow::Result<()> {
+pub async fn create_admin(
+    settings: Settings,
+    username: String,
+    password: String,
+) -> anyhow::Result<()> {
     use diesel_async::RunQueryDsl;
     use scan2order_schema::models::StaffUserRow;
     anyhow::ensure!(
-        (3..=64).contains(&username.len()) && username.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        (3..=64).contains(&username.len())
+            && username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
         "usernames are 3 to 64 letters, digits, '.', '_' or '-'"
     );
-    anyhow::ensure!(password.chars().count() >= 10, "admin passwords need at least 10 characters");
+    anyhow::ensure!(
+        password.chars().count() >= 10,
+        "admin passwords need at least 10 characters"
+    );
     let url = settings.database.url.expose();
     if settings.database.create_if_missing {
         db::create_database_if_missing(url).await?;
@@ -170,7 +191,9 @@ pub async fn create_admin(settings: Settings, username: String, password: String
     let pool = db::build_pool(&settings.database).await?;
     let mut conn = pool.get().await?;
     anyhow::ensure!(
-        StaffUserRow::by_username(&mut conn, &username).await?.is_none(),
+        StaffUserRow::by_username(&mut conn, &username)
+            .await?
+            .is_none(),
         "a user named {username} exists already"
     );
     let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??;

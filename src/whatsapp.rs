@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use scan2order_actors::notifier::{MessageSender, SendFuture, SendOutcome, TemplateMessage, Templates};
+use scan2order_actors::notifier::{
+    MessageSender, SendFuture, SendOutcome, TemplateMessage, Templates,
+};
 use serde_json::{json, Value};
 
 use crate::config::{Secret, WhatsAppMode, WhatsAppSettings};
@@ -89,7 +91,11 @@ impl CloudApiClient {
 fn api_error_text(body: &str) -> String {
     let msg = serde_json::from_str::<Value>(body)
         .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| body.to_string());
     msg.chars().take(MAX_ERROR_TEXT).collect()
 }

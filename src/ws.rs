@@ -67,7 +67,12 @@ pub fn start_session(
 }
 
 /// Upgrades the request only to close it at once with `code` (bad token, wrong restaurant).
-pub fn refuse(req: &HttpRequest, body: web::Payload, code: u16, why: &str) -> Result<HttpResponse, actix_web::Error> {
+pub fn refuse(
+    req: &HttpRequest,
+    body: web::Payload,
+    code: u16,
+    why: &str,
+) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, _stream) = actix_ws::handle(req, body)?;
     let reason = CloseReason {
         code: CloseCode::from(code),

@@ -83,7 +83,10 @@ impl std::fmt::Debug for TemplateMessage {
 pub enum SendOutcome {
     Sent,
     /// Try again later (429, 5xx, network); `after` is the server's `Retry-After` when it gave one.
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// The API refused the message (4xx other than 429); never retried.
     Failed(String),
 }
@@ -208,10 +211,13 @@ async fn drain_once(
                 OutboxRow::mark_failed(&mut conn, row.id, now, &reason).await
             }
             SendOutcome::Retry { .. } if row.attempts + 1 >= MAX_ATTEMPTS => {
-                OutboxRow::mark_failed(&mut conn, row.id, now, "gave up after too many attempts").await
+                OutboxRow::mark_failed(&mut conn, row.id, now, "gave up after too many attempts")
+                    .await
             }
             SendOutcome::Retry { after, reason } => {
-                let wait = after.unwrap_or_else(|| backoff(row.attempts)).max(Duration::from_millis(100));
+                let wait = after
+                    .unwrap_or_else(|| backoff(row.attempts))
+                    .max(Duration::from_millis(100));
                 let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                 tracing::info!(outbox_id = row.id, kind = %row.template, %reason, retry_in_ms = wait.as_millis() as u64, "message will be retried");
                 OutboxRow::retry_later(&mut conn, row.id, at, &reason).await

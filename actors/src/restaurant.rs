@@ -16,14 +16,16 @@ use bytestring::ByteString;
 use chrono::{DateTime, NaiveDate, Utc};
 use indexmap::IndexMap;
 use scan2order_schema::domain::{
-    is_clean_text, MenuItemId, OrderId, OrderStatus, Phone, RestaurantId, StaffId, TableId, MAX_NOTE_CHARS,
-    MAX_ORDER_LINES, MAX_QUANTITY, MIN_QUANTITY,
+    is_clean_text, MenuItemId, OrderId, OrderStatus, Phone, RestaurantId, StaffId, TableId,
+    MAX_NOTE_CHARS, MAX_ORDER_LINES, MAX_QUANTITY, MIN_QUANTITY,
 };
 use scan2order_schema::models::{
-    MenuCategory, MenuItem, NewOutbox, OrderItemRow, OrderRow, Restaurant, RestaurantTable, StoredOrder,
+    MenuCategory, MenuItem, NewOutbox, OrderItemRow, OrderRow, Restaurant, RestaurantTable,
+    StoredOrder,
 };
 use scan2order_schema::wire::{
-    self, CategoryView, MenuView, PlaceOrderLine, RestaurantKitchen, RestaurantPublic, ServerMsg, TablePublic,
+    self, CategoryView, MenuView, PlaceOrderLine, RestaurantKitchen, RestaurantPublic, ServerMsg,
+    TablePublic,
 };
 use scan2order_schema::DbPool;
 use tokio::sync::oneshot;
@@ -147,7 +149,10 @@ pub struct LoadedRestaurant {
 
 impl LoadedRestaurant {
     /// Reads a restaurant's state; `None` when it does not exist.
-    pub async fn load(pool: &DbPool, id: RestaurantId) -> Result<Option<LoadedRestaurant>, EngineError> {
+    pub async fn load(
+        pool: &DbPool,
+        id: RestaurantId,
+    ) -> Result<Option<LoadedRestaurant>, EngineError> {
         let mut conn = pool.get().await.map_err(|_| EngineError::Unavailable)?;
         let db = |_| EngineError::Unavailable;
         let Some(info) = Restaurant::find(&mut conn, id.get()).await.map_err(db)? else {
@@ -155,11 +160,21 @@ impl LoadedRestaurant {
         };
         let tz = parse_tz(&info.time_zone);
         let ticket_day = Utc::now().with_timezone(&tz).date_naive();
-        let categories = MenuCategory::for_restaurant(&mut conn, id.get()).await.map_err(db)?;
-        let items = MenuItem::for_restaurant(&mut conn, id.get()).await.map_err(db)?;
-        let tables = RestaurantTable::for_restaurant(&mut conn, id.get()).await.map_err(db)?;
-        let live = StoredOrder::live_for(&mut conn, id.get()).await.map_err(db)?;
-        let ticket_last = StoredOrder::max_ticket(&mut conn, id.get(), ticket_day).await.map_err(db)?;
+        let categories = MenuCategory::for_restaurant(&mut conn, id.get())
+            .await
+            .map_err(db)?;
+        let items = MenuItem::for_restaurant(&mut conn, id.get())
+            .await
+            .map_err(db)?;
+        let tables = RestaurantTable::for_restaurant(&mut conn, id.get())
+            .await
+            .map_err(db)?;
+        let live = StoredOrder::live_for(&mut conn, id.get())
+            .await
+            .map_err(db)?;
+        let ticket_last = StoredOrder::max_ticket(&mut conn, id.get(), ticket_day)
+            .await
+            .map_err(db)?;
         Ok(Some(LoadedRestaurant {
             info,
             categories,
@@ -319,7 +334,8 @@ impl RestaurantActor {
                 text: text.clone(),
             });
         }
-        self.kitchen.retain(|_, sink| sink.send_text(text.clone()).is_ok());
+        self.kitchen
+            .retain(|_, sink| sink.send_text(text.clone()).is_ok());
         match table {
             Some(t) => {
                 if let Some(subs) = self.table_subs.get_mut(&t) {
@@ -358,7 +374,10 @@ impl RestaurantActor {
                 projected: status,
             },
         );
-        self.publish(Some(table), |seq| ServerMsg::OrderCreated { seq, order: masked });
+        self.publish(Some(table), |seq| ServerMsg::OrderCreated {
+            seq,
+            order: masked,
+        });
     }
 
     /// An order the database already held for this key: adopt it (it may have been committed by a write
@@ -368,13 +387,24 @@ impl RestaurantActor {
             return Err(EngineError::IdempotencyConflict);
         }
         let order = existing.to_wire(true);
-        self.remember_key(existing.row.idempotency_key.clone(), existing.row.id, existing.row.phone.clone());
+        self.remember_key(
+            existing.row.idempotency_key.clone(),
+            existing.row.id,
+            existing.row.phone.clone(),
+        );
         self.add_live(existing);
-        Ok(PlacedOrder { order, created: false })
+        Ok(PlacedOrder {
+            order,
+            created: false,
+        })
     }
 
     /// Validates and prices an order; builds the rows to write.
-    fn prepare(&mut self, msg: &PlaceOrder, now: DateTime<Utc>) -> Result<StoredOrder, EngineError> {
+    fn prepare(
+        &mut self,
+        msg: &PlaceOrder,
+        now: DateTime<Utc>,
+    ) -> Result<StoredOrder, EngineError> {
         if !self.info.accepting_orders {
             return Err(EngineError::NotAccepting);
         }
@@ -383,7 +413,9 @@ impl RestaurantActor {
             _ => return Err(EngineError::NotFound),
         };
         if msg.lines.is_empty() {
-            return Err(EngineError::Invalid("items: an order needs at least one item".into()));
+            return Err(EngineError::Invalid(
+                "items: an order needs at least one item".into(),
+            ));
         }
         if msg.lines.len() > MAX_ORDER_LINES {
             return Err(EngineError::Invalid(format!(
@@ -510,7 +542,9 @@ fn check_note(field: &str, note: Option<&str>) -> Result<String, EngineError> {
         )));
     }
     if !is_clean_text(note) {
-        return Err(EngineError::Invalid(format!("{field}: control characters are not allowed")));
+        return Err(EngineError::Invalid(format!(
+            "{field}: control characters are not allowed"
+        )));
     }
     Ok(note.to_string())
 }
@@ -559,7 +593,10 @@ impl Handler<PlaceOrder> for RestaurantActor {
             }
             if let Some(live) = self.live.get(id) {
                 let order = live.stored.to_wire(true);
-                return Box::pin(actix::fut::ready(Ok(PlacedOrder { order, created: false })));
+                return Box::pin(actix::fut::ready(Ok(PlacedOrder {
+                    order,
+                    created: false,
+                })));
             }
         }
         let now = Utc::now();
@@ -572,7 +609,10 @@ impl Handler<PlaceOrder> for RestaurantActor {
                 return Box::pin(
                     async move {
                         let mut conn = pool.get().await.ok()?;
-                        StoredOrder::find_by_key(&mut conn, rid, &key).await.ok().flatten()
+                        StoredOrder::find_by_key(&mut conn, rid, &key)
+                            .await
+                            .ok()
+                            .flatten()
                     }
                     .into_actor(self)
                     .map(move |found, act, _| match found {
@@ -602,11 +642,17 @@ impl Handler<PlaceOrder> for RestaurantActor {
                             let order = stored.to_wire(true);
                             act.remember_key(key.clone(), stored.row.id, phone.clone());
                             act.add_live(stored);
-                            Ok(PlacedOrder { order, created: true })
+                            Ok(PlacedOrder {
+                                order,
+                                created: true,
+                            })
                         }
                     };
                     for waiter in act.pending_keys.remove(&key).unwrap_or_default() {
-                        let _ = waiter.send(result.clone().map(|p| PlacedOrder { created: false, ..p }));
+                        let _ = waiter.send(result.clone().map(|p| PlacedOrder {
+                            created: false,
+                            ..p
+                        }));
                     }
                     result
                 }),
@@ -635,7 +681,10 @@ impl Handler<ChangeStatus> for RestaurantActor {
             let rid = self.id.get();
             return Box::pin(actix::fut::wrap_future(async move {
                 let mut conn = pool.get().await.map_err(|_| EngineError::Unavailable)?;
-                match StoredOrder::find(&mut conn, id).await.map_err(|_| EngineError::Unavailable)? {
+                match StoredOrder::find(&mut conn, id)
+                    .await
+                    .map_err(|_| EngineError::Unavailable)?
+                {
                     Some(o) if o.row.restaurant_id == rid => Err(EngineError::InvalidTransition {
                         from: o.row.status.parse().unwrap_or(OrderStatus::Served),
                         to,
@@ -646,7 +695,10 @@ impl Handler<ChangeStatus> for RestaurantActor {
         };
         let from = live.projected;
         if !from.can_become(to) {
-            return Box::pin(actix::fut::ready(Err(EngineError::InvalidTransition { from, to })));
+            return Box::pin(actix::fut::ready(Err(EngineError::InvalidTransition {
+                from,
+                to,
+            })));
         }
         live.projected = to;
         let kind = match to {
@@ -833,7 +885,8 @@ impl Handler<GetTableMenu> for RestaurantActor {
             label: table.label.clone(),
         })
         .map_err(|_| EngineError::Unavailable)?;
-        let mut body = String::with_capacity(self.public_json.len() + table.len() + self.menu_json.len() + 40);
+        let mut body =
+            String::with_capacity(self.public_json.len() + table.len() + self.menu_json.len() + 40);
         body.push_str("{\"restaurant\":");
         body.push_str(&self.public_json);
         body.push_str(",\"table\":");
@@ -857,8 +910,12 @@ impl Handler<GetKitchenInfo> for RestaurantActor {
     type Result = String;
 
     fn handle(&mut self, _: GetKitchenInfo, _ctx: &mut Context<Self>) -> String {
-        let restaurant = serde_json::to_string(&self.kitchen_view()).unwrap_or_else(|_| "{}".into());
-        format!("{{\"restaurant\":{restaurant},\"menu\":{}}}", self.menu_json)
+        let restaurant =
+            serde_json::to_string(&self.kitchen_view()).unwrap_or_else(|_| "{}".into());
+        format!(
+            "{{\"restaurant\":{restaurant},\"menu\":{}}}",
+            self.menu_json
+        )
     }
 }
 
@@ -937,7 +994,8 @@ impl Handler<Subscribe> for RestaurantActor {
                     seq: self.seq,
                     orders: self.snapshot_orders(msg.audience),
                 };
-                let text = serde_json::to_string(&snapshot).map_err(|_| EngineError::Unavailable)?;
+                let text =
+                    serde_json::to_string(&snapshot).map_err(|_| EngineError::Unavailable)?;
                 if msg.sink.send_text(text.into()).is_err() {
                     return Ok(0);
                 }

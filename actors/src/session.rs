@@ -12,7 +12,9 @@ use actix::prelude::*;
 use scan2order_schema::domain::StaffId;
 use scan2order_schema::wire::{ClientMsg, ServerMsg};
 
-use crate::restaurant::{Audience, ChangeStatus, EngineError, RestaurantActor, SayHello, Subscribe, Unsubscribe};
+use crate::restaurant::{
+    Audience, ChangeStatus, EngineError, RestaurantActor, SayHello, Subscribe, Unsubscribe,
+};
 use crate::sink::{close_code, Outgoing, SocketSink};
 
 /// Timing and limits of every socket session.
@@ -103,20 +105,25 @@ impl SocketSession {
             resume: self.resume.take(),
             hello,
         };
-        ctx.wait(self.restaurant.send(msg).into_actor(self).map(|res, act, ctx| {
-            act.subscribing = false;
-            match res {
-                Ok(Ok(id)) => act.subscription = Some(id),
-                Ok(Err(EngineError::NotFound)) => {
-                    act.sink.close(close_code::POLICY);
-                    ctx.stop();
-                }
-                _ => {
-                    act.sink.close(close_code::GOING_AWAY);
-                    ctx.stop();
-                }
-            }
-        }));
+        ctx.wait(
+            self.restaurant
+                .send(msg)
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.subscribing = false;
+                    match res {
+                        Ok(Ok(id)) => act.subscription = Some(id),
+                        Ok(Err(EngineError::NotFound)) => {
+                            act.sink.close(close_code::POLICY);
+                            ctx.stop();
+                        }
+                        _ => {
+                            act.sink.close(close_code::GOING_AWAY);
+                            ctx.stop();
+                        }
+                    }
+                }),
+        );
     }
 
     fn send(&self, msg: &ServerMsg) {
@@ -137,14 +144,22 @@ impl SocketSession {
         let msg: ClientMsg = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
-                self.error(None, "invalid_request", format!("message not understood: {e}"));
+                self.error(
+                    None,
+                    "invalid_request",
+                    format!("message not understood: {e}"),
+                );
                 return;
             }
         };
         match msg {
             ClientMsg::Resume { epoch, since } => {
                 if self.subscription.is_some() || self.subscribing {
-                    self.error(None, "invalid_request", "resume must be the first message".into());
+                    self.error(
+                        None,
+                        "invalid_request",
+                        "resume must be the first message".into(),
+                    );
                     return;
                 }
                 self.resume = Some((epoch, since));
@@ -156,7 +171,11 @@ impl SocketSession {
                 status,
             } => {
                 if self.audience != Audience::Kitchen {
-                    self.error(Some(request_id), "forbidden", "only the kitchen may change orders".into());
+                    self.error(
+                        Some(request_id),
+                        "forbidden",
+                        "only the kitchen may change orders".into(),
+                    );
                     return;
                 }
                 self.subscribe(ctx, false);
@@ -165,20 +184,23 @@ impl SocketSession {
                     status,
                     by: self.staff,
                 };
-                ctx.spawn(self.restaurant.send(msg).into_actor(self).map(move |res, act, _| {
-                    match res {
-                        Ok(Ok(_)) => act.send(&ServerMsg::Ack { request_id }),
-                        Ok(Err(e)) => {
-                            let (code, message) = engine_error_code(&e);
-                            act.error(Some(request_id), code, message);
-                        }
-                        Err(_) => act.error(
-                            Some(request_id),
-                            "unavailable",
-                            "the kitchen service is restarting; try again".into(),
-                        ),
-                    }
-                }));
+                ctx.spawn(
+                    self.restaurant
+                        .send(msg)
+                        .into_actor(self)
+                        .map(move |res, act, _| match res {
+                            Ok(Ok(_)) => act.send(&ServerMsg::Ack { request_id }),
+                            Ok(Err(e)) => {
+                                let (code, message) = engine_error_code(&e);
+                                act.error(Some(request_id), code, message);
+                            }
+                            Err(_) => act.error(
+                                Some(request_id),
+                                "unavailable",
+                                "the kitchen service is restarting; try again".into(),
+                            ),
+                        }),
+                );
             }
         }
     }
@@ -218,7 +240,9 @@ impl Actor for SocketSession {
             self.restaurant.do_send(SayHello {
                 sink: self.sink.clone(),
             });
-            ctx.run_later(self.settings.resume_grace, |act, ctx| act.subscribe(ctx, false));
+            ctx.run_later(self.settings.resume_grace, |act, ctx| {
+                act.subscribe(ctx, false)
+            });
         }
         ctx.run_interval(self.settings.ping_interval, |act, ctx| {
             if act.sink.is_closed() {
@@ -260,7 +284,11 @@ impl StreamHandler<Inbound> for SocketSession {
                     ctx.stop();
                     return;
                 }
-                self.error(None, "invalid_request", "messages are JSON text frames".into());
+                self.error(
+                    None,
+                    "invalid_request",
+                    "messages are JSON text frames".into(),
+                );
             }
             Inbound::Ping(payload) => {
                 let _ = self.sink.push(Outgoing::Pong(payload));

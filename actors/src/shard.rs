@@ -20,7 +20,8 @@ use scan2order_schema::DbPool;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::restaurant::{
-    CloseAll, EngineError, GetStats, LoadedRestaurant, RestaurantActor, RestaurantConfig, RestaurantStats,
+    CloseAll, EngineError, GetStats, LoadedRestaurant, RestaurantActor, RestaurantConfig,
+    RestaurantStats,
 };
 use crate::sink::close_code;
 use crate::writer::{Drain, PersistenceWriter, WriterStats};
@@ -79,7 +80,11 @@ pub struct ShardStats {
 
 impl ShardSupervisor {
     /// Starts the shard arbiters and their writers. Must run inside an actix system.
-    pub fn start(pool: DbPool, settings: EngineSettings, outbox_wake: Arc<Notify>) -> ShardSupervisor {
+    pub fn start(
+        pool: DbPool,
+        settings: EngineSettings,
+        outbox_wake: Arc<Notify>,
+    ) -> ShardSupervisor {
         let k = settings.shards.max(1);
         let shards = (0..k)
             .map(|_| {
@@ -142,7 +147,9 @@ impl ShardSupervisor {
         if let Some(addr) = cell.get() {
             if !addr.connected() {
                 // The actor died; forget it so the next call activates a fresh one.
-                self.inner.registry.remove_if(&id, |_, c| Arc::ptr_eq(c, &cell));
+                self.inner
+                    .registry
+                    .remove_if(&id, |_, c| Arc::ptr_eq(c, &cell));
                 return Box::pin(self.restaurant(id)).await;
             }
         }
@@ -186,7 +193,9 @@ impl ShardSupervisor {
     ) -> Result<(Addr<RestaurantActor>, TableRef), EngineError> {
         if token.is_empty()
             || token.len() > MAX_TOKEN_LEN
-            || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(EngineError::NotFound);
         }
@@ -258,6 +267,13 @@ impl ShardSupervisor {
         self.inner.shards.iter().all(|s| s.writer.connected())
     }
 
+    /// Stops the shard arbiters at once, dropping whatever is queued.
+    pub fn stop_now(&self) {
+        for shard in &self.inner.shards {
+            shard.arbiter.stop();
+        }
+    }
+
     /// Shutdown: waits for every queued write to commit, then closes every socket with 1001 and stops the
     /// shard arbiters.
     pub async fn shutdown(&self) {
@@ -265,7 +281,11 @@ impl ShardSupervisor {
             let _ = shard.writer.send(Drain).await;
         }
         for addr in self.active() {
-            let _ = addr.send(CloseAll { code: close_code::GOING_AWAY }).await;
+            let _ = addr
+                .send(CloseAll {
+                    code: close_code::GOING_AWAY,
+                })
+                .await;
         }
         for shard in &self.inner.shards {
             shard.arbiter.stop();

@@ -17,7 +17,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scan2order_schema::models::{NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, StoredOrder};
-use scan2order_schema::schema::{menu_items, notification_outbox, order_items, order_status_history, orders, restaurants};
+use scan2order_schema::schema::{
+    menu_items, notification_outbox, order_items, order_status_history, orders, restaurants,
+};
 use scan2order_schema::{DbConn, DbPool};
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
@@ -111,7 +113,12 @@ pub struct PersistenceWriter {
 }
 
 impl PersistenceWriter {
-    pub fn new(pool: DbPool, timeout: Duration, outbox_wake: Arc<Notify>, stats: Arc<WriterStats>) -> Self {
+    pub fn new(
+        pool: DbPool,
+        timeout: Duration,
+        outbox_wake: Arc<Notify>,
+        stats: Arc<WriterStats>,
+    ) -> Self {
         PersistenceWriter {
             pool,
             queue: Vec::new(),
@@ -143,7 +150,11 @@ impl PersistenceWriter {
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.ops.fetch_add(n, Ordering::Relaxed);
             stats.largest_batch.fetch_max(n, Ordering::Relaxed);
-            tracing::trace!(ops = n, elapsed_us = started.elapsed().as_micros() as u64, "batch committed");
+            tracing::trace!(
+                ops = n,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "batch committed"
+            );
             if writes_outbox && results.iter().any(Result::is_ok) {
                 wake.notify_one();
             }
@@ -229,7 +240,11 @@ async fn commit_with_fallback(
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 let one = std::slice::from_ref(&op);
-                out.push(commit_batch(pool, timeout, one).await.map(|mut r| r.remove(0)));
+                out.push(
+                    commit_batch(pool, timeout, one)
+                        .await
+                        .map(|mut r| r.remove(0)),
+                );
             }
             out
         }
@@ -252,7 +267,9 @@ async fn commit_batch(
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(WriteError::Unavailable("database did not answer in time".into())),
+        Err(_) => Err(WriteError::Unavailable(
+            "database did not answer in time".into(),
+        )),
     }
 }
 
@@ -276,7 +293,10 @@ struct Updated {
     id: Uuid,
 }
 
-async fn write_all(conn: &mut DbConn, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
+async fn write_all(
+    conn: &mut DbConn,
+    ops: &[WriteOp],
+) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
     let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
 
     // Orders: one multi-row insert; a conflict on the idempotency key means "already placed".
@@ -316,7 +336,13 @@ async fn write_all(conn: &mut DbConn, ops: &[WriteOp]) -> Result<Vec<WriteOutcom
             outcomes[*i] = Some(if inserted.contains(&b.order.id) {
                 WriteOutcome::Inserted
             } else {
-                match StoredOrder::find_by_key(conn, b.order.restaurant_id, &b.order.idempotency_key).await? {
+                match StoredOrder::find_by_key(
+                    conn,
+                    b.order.restaurant_id,
+                    &b.order.idempotency_key,
+                )
+                .await?
+                {
                     Some(existing) => WriteOutcome::Duplicate(Box::new(existing)),
                     // The conflicting row vanished (deleted restaurant); nothing was written.
                     None => return Err(diesel::result::Error::NotFound),
@@ -336,7 +362,8 @@ async fn write_all(conn: &mut DbConn, ops: &[WriteOp]) -> Result<Vec<WriteOutcom
             changed_by: None,
         })
         .collect();
-    let mut last: indexmap::IndexMap<Uuid, (&'static str, DateTime<Utc>)> = indexmap::IndexMap::new();
+    let mut last: indexmap::IndexMap<Uuid, (&'static str, DateTime<Utc>)> =
+        indexmap::IndexMap::new();
     let mut status_ops: Vec<(usize, Uuid)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         if let WriteOp::SetStatus {
@@ -419,7 +446,10 @@ async fn write_all(conn: &mut DbConn, ops: &[WriteOp]) -> Result<Vec<WriteOutcom
                         .filter(menu_items::id.eq(item_id))
                         .filter(menu_items::restaurant_id.eq(restaurant_id)),
                 )
-                .set((menu_items::available.eq(available), menu_items::updated_at.eq(at)))
+                .set((
+                    menu_items::available.eq(available),
+                    menu_items::updated_at.eq(at),
+                ))
                 .execute(conn)
                 .await?;
                 if n != 1 {

@@ -77,10 +77,16 @@ pub struct MenuCategory {
 }
 
 impl MenuCategory {
-    pub async fn for_restaurant(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<MenuCategory>> {
+    pub async fn for_restaurant(
+        conn: &mut DbConn,
+        restaurant: Uuid,
+    ) -> QueryResult<Vec<MenuCategory>> {
         menu_categories::table
             .filter(menu_categories::restaurant_id.eq(restaurant))
-            .order((menu_categories::position.asc(), menu_categories::created_at.asc()))
+            .order((
+                menu_categories::position.asc(),
+                menu_categories::created_at.asc(),
+            ))
             .select(MenuCategory::as_select())
             .load(conn)
             .await
@@ -153,7 +159,10 @@ impl RestaurantTable {
             .optional()
     }
 
-    pub async fn for_restaurant(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<RestaurantTable>> {
+    pub async fn for_restaurant(
+        conn: &mut DbConn,
+        restaurant: Uuid,
+    ) -> QueryResult<Vec<RestaurantTable>> {
         restaurant_tables::table
             .filter(restaurant_tables::restaurant_id.eq(restaurant))
             .filter(restaurant_tables::deleted_at.is_null())
@@ -176,7 +185,10 @@ pub struct StaffUserRow {
 }
 
 impl StaffUserRow {
-    pub async fn by_username(conn: &mut DbConn, username: &str) -> QueryResult<Option<StaffUserRow>> {
+    pub async fn by_username(
+        conn: &mut DbConn,
+        username: &str,
+    ) -> QueryResult<Option<StaffUserRow>> {
         staff_users::table
             .filter(staff_users::username.eq(username))
             .select(StaffUserRow::as_select())
@@ -276,7 +288,11 @@ impl OtpChallenge {
     }
 
     /// Challenges sent to a phone since `since` (for resend cooldowns and per-phone caps).
-    pub async fn count_since(conn: &mut DbConn, phone: &str, since: DateTime<Utc>) -> QueryResult<i64> {
+    pub async fn count_since(
+        conn: &mut DbConn,
+        phone: &str,
+        since: DateTime<Utc>,
+    ) -> QueryResult<i64> {
         otp_challenges::table
             .filter(otp_challenges::phone.eq(phone))
             .filter(otp_challenges::created_at.gt(since))
@@ -441,7 +457,10 @@ impl StoredOrder {
     }
 
     /// Attaches their lines to order rows with one query.
-    pub async fn with_items(conn: &mut DbConn, rows: Vec<OrderRow>) -> QueryResult<Vec<StoredOrder>> {
+    pub async fn with_items(
+        conn: &mut DbConn,
+        rows: Vec<OrderRow>,
+    ) -> QueryResult<Vec<StoredOrder>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -534,7 +553,11 @@ impl StoredOrder {
     }
 
     /// The highest ticket number handed out on a business day.
-    pub async fn max_ticket(conn: &mut DbConn, restaurant: Uuid, day: NaiveDate) -> QueryResult<i32> {
+    pub async fn max_ticket(
+        conn: &mut DbConn,
+        restaurant: Uuid,
+        day: NaiveDate,
+    ) -> QueryResult<i32> {
         let max: Option<i32> = orders::table
             .filter(orders::restaurant_id.eq(restaurant))
             .filter(orders::business_day.eq(day))
@@ -598,7 +621,7 @@ impl OutboxRow {
         .set(n::locked_until.eq(lease_until))
         .returning(OutboxRow::as_returning())
         .get_results(conn)
-            .await
+        .await
     }
 
     pub async fn mark_sent(conn: &mut DbConn, id: i64, now: DateTime<Utc>) -> QueryResult<()> {
@@ -614,7 +637,12 @@ impl OutboxRow {
             .map(|_| ())
     }
 
-    pub async fn mark_failed(conn: &mut DbConn, id: i64, now: DateTime<Utc>, error: &str) -> QueryResult<()> {
+    pub async fn mark_failed(
+        conn: &mut DbConn,
+        id: i64,
+        now: DateTime<Utc>,
+        error: &str,
+    ) -> QueryResult<()> {
         use notification_outbox as n;
         diesel::update(n::table.find(id))
             .set((

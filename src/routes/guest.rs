@@ -9,7 +9,8 @@ use scan2order_actors::restaurant::{EngineError, GetTableMenu, PlaceOrder};
 use scan2order_schema::domain::{Phone, MAX_IDEMPOTENCY_KEY_CHARS};
 use scan2order_schema::models::{CustomerSession, OtpChallenge, StoredOrder};
 use scan2order_schema::wire::{
-    OrdersPage, OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse, PlaceOrderRequest,
+    OrdersPage, OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse,
+    PlaceOrderRequest,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -37,7 +38,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 fn phone_field(raw: &str) -> ApiResult<Phone> {
     Phone::parse(raw).map_err(|_| {
-        ApiError::invalid("phone: must be in E.164 form, + then 8 to 15 digits (spaces and dashes allowed)")
+        ApiError::invalid(
+            "phone: must be in E.164 form, + then 8 to 15 digits (spaces and dashes allowed)",
+        )
     })
 }
 
@@ -48,12 +51,19 @@ async fn table_menu(
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
     let (addr, table) = ctx.engine.resolve_table(&token).await?;
-    let answer = addr.send(GetTableMenu { table_id: table.table_id }).await??;
+    let answer = addr
+        .send(GetTableMenu {
+            table_id: table.table_id,
+        })
+        .await??;
     let matches = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == answer.etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == answer.etag || t.trim() == "*")
+        });
     let mut res = if matches {
         HttpResponse::NotModified()
     } else {
@@ -75,12 +85,20 @@ fn otp_hash(challenge: Uuid, code: &str) -> Vec<u8> {
 }
 
 /// `POST /api/v1/otp/send`: a 6-digit code, stored hashed, sent only to WhatsApp.
-async fn otp_send(ctx: web::Data<AppContext>, body: web::Json<OtpSendRequest>) -> ApiResult<HttpResponse> {
+async fn otp_send(
+    ctx: web::Data<AppContext>,
+    body: web::Json<OtpSendRequest>,
+) -> ApiResult<HttpResponse> {
     let phone = phone_field(&body.phone)?;
     let auth = &ctx.settings.auth;
     let now = Utc::now();
     let mut conn = ctx.pool.get().await?;
-    let recent = OtpChallenge::count_since(&mut conn, phone.as_str(), now - ChronoDuration::seconds(auth.otp_resend_after_s)).await?;
+    let recent = OtpChallenge::count_since(
+        &mut conn,
+        phone.as_str(),
+        now - ChronoDuration::seconds(auth.otp_resend_after_s),
+    )
+    .await?;
     if recent > 0 {
         return Err(ApiError::rate_limited(auth.otp_resend_after_s as u64));
     }
@@ -128,7 +146,11 @@ async fn otp_send(ctx: web::Data<AppContext>, body: web::Json<OtpSendRequest>) -
 }
 
 fn invalid_code() -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_code", "that code is not right")
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_code",
+        "that code is not right",
+    )
 }
 
 fn too_many_attempts() -> ApiError {
@@ -140,7 +162,10 @@ fn too_many_attempts() -> ApiError {
 }
 
 /// `POST /api/v1/otp/verify`: constant-time check, 5 attempts per code, then a 30-day customer token.
-async fn otp_verify(ctx: web::Data<AppContext>, body: web::Json<OtpVerifyRequest>) -> ApiResult<HttpResponse> {
+async fn otp_verify(
+    ctx: web::Data<AppContext>,
+    body: web::Json<OtpVerifyRequest>,
+) -> ApiResult<HttpResponse> {
     let phone = phone_field(&body.phone)?;
     let code = body.code.trim();
     let auth = &ctx.settings.auth;
@@ -150,7 +175,11 @@ async fn otp_verify(ctx: web::Data<AppContext>, body: web::Json<OtpVerifyRequest
         .await?
         .ok_or_else(invalid_code)?;
     if challenge.expires_at <= now {
-        return Err(ApiError::new(StatusCode::GONE, "code_expired", "that code has expired; ask for a new one"));
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "code_expired",
+            "that code has expired; ask for a new one",
+        ));
     }
     if challenge.attempts >= auth.otp_max_attempts {
         return Err(too_many_attempts());
@@ -160,7 +189,8 @@ async fn otp_verify(ctx: web::Data<AppContext>, body: web::Json<OtpVerifyRequest
         .await?
         .ok_or_else(too_many_attempts)?;
     let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
-    let matches = well_formed && bool::from(otp_hash(challenge.id, code).ct_eq(&challenge.code_hash));
+    let matches =
+        well_formed && bool::from(otp_hash(challenge.id, code).ct_eq(&challenge.code_hash));
     if !matches {
         return Err(if attempts >= auth.otp_max_attempts {
             too_many_attempts()
@@ -197,7 +227,10 @@ fn idempotency_key(req: &HttpRequest) -> ApiResult<String> {
         .to_str()
         .map_err(|_| ApiError::invalid("Idempotency-Key: must be visible ASCII"))?
         .trim();
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(ApiError::invalid(format!(
             "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
         )));
@@ -214,10 +247,18 @@ async fn place_order(
 ) -> ApiResult<HttpResponse> {
     let key = idempotency_key(&req)?;
     let body = body.into_inner();
-    let (addr, table) = ctx.engine.resolve_table(&body.table_token).await.map_err(|e| match e {
-        EngineError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "table_token: no such table"),
-        other => other.into(),
-    })?;
+    let (addr, table) = ctx
+        .engine
+        .resolve_table(&body.table_token)
+        .await
+        .map_err(|e| match e {
+            EngineError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "table_token: no such table",
+            ),
+            other => other.into(),
+        })?;
     let placed = addr
         .send(PlaceOrder {
             table_id: table.table_id,
@@ -274,16 +315,25 @@ async fn my_orders(
 ) -> ApiResult<HttpResponse> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit: between 1 and {MAX_PAGE}")));
+        return Err(ApiError::invalid(format!(
+            "limit: between 1 and {MAX_PAGE}"
+        )));
     }
     let before = match &q.before {
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid("before: not a cursor from next_before"))?),
+        Some(c) => Some(
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::invalid("before: not a cursor from next_before"))?,
+        ),
         None => None,
     };
     let mut conn = ctx.pool.get().await?;
     let orders = StoredOrder::for_phone(&mut conn, customer.phone.as_str(), before, limit).await?;
     let next_before = (orders.len() as i64 == limit)
-        .then(|| orders.last().map(|o| encode_cursor(o.row.created_at, o.row.id)))
+        .then(|| {
+            orders
+                .last()
+                .map(|o| encode_cursor(o.row.created_at, o.row.id))
+        })
         .flatten();
     Ok(HttpResponse::Ok().json(OrdersPage {
         orders: orders.iter().map(|o| o.to_wire(true)).collect(),

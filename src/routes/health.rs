@@ -26,7 +26,10 @@ async fn database_answers(ctx: &AppContext) -> bool {
         let mut conn = ctx.pool.get().await.ok()?;
         diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
     };
-    matches!(tokio::time::timeout(READY_TIMEOUT, check).await, Ok(Some(_)))
+    matches!(
+        tokio::time::timeout(READY_TIMEOUT, check).await,
+        Ok(Some(_))
+    )
 }
 
 async fn readyz(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {

@@ -11,7 +11,8 @@ use scan2order_actors::restaurant::{
 use scan2order_schema::domain::{MenuItemId, OrderId, RestaurantId};
 use scan2order_schema::models::{StaffSession, StaffUserRow};
 use scan2order_schema::wire::{
-    LoginRequest, LoginResponse, OrderList, SetAcceptingRequest, SetAvailableRequest, SetStatusRequest,
+    LoginRequest, LoginResponse, OrderList, SetAcceptingRequest, SetAvailableRequest,
+    SetStatusRequest,
 };
 use serde::Deserialize;
 
@@ -54,7 +55,10 @@ fn session_cookie(value: String, max_age: CookieDuration, secure: bool) -> Cooki
 
 /// `POST /api/v1/auth/login`: argon2id check off the event loop; the same answer for unknown users and
 /// wrong passwords.
-async fn login(ctx: web::Data<AppContext>, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
+async fn login(
+    ctx: web::Data<AppContext>,
+    body: web::Json<LoginRequest>,
+) -> ApiResult<HttpResponse> {
     let LoginRequest { username, password } = body.into_inner();
     if username.len() > MAX_USERNAME || password.len() > MAX_PASSWORD {
         return Err(invalid_credentials());
@@ -63,9 +67,10 @@ async fn login(ctx: web::Data<AppContext>, body: web::Json<LoginRequest>) -> Api
         let mut conn = ctx.pool.get().await?;
         StaffUserRow::by_username(&mut conn, &username).await?
     };
-    let hash = user
-        .as_ref()
-        .map_or_else(|| auth::dummy_hash().to_string(), |u| u.password_hash.clone());
+    let hash = user.as_ref().map_or_else(
+        || auth::dummy_hash().to_string(),
+        |u| u.password_hash.clone(),
+    );
     let ok = web::block(move || verify_password(&password, &hash))
         .await
         .map_err(|e| ApiError::internal("password check", e))?;
@@ -99,7 +104,11 @@ async fn login(ctx: web::Data<AppContext>, body: web::Json<LoginRequest>) -> Api
 }
 
 /// `POST /api/v1/auth/logout`: the token stops working at once.
-async fn logout(ctx: web::Data<AppContext>, req: HttpRequest, staff: Staff) -> ApiResult<HttpResponse> {
+async fn logout(
+    ctx: web::Data<AppContext>,
+    req: HttpRequest,
+    staff: Staff,
+) -> ApiResult<HttpResponse> {
     let (token, _) = auth::staff_token(&req, false).ok_or_else(ApiError::unauthenticated)?;
     let mut conn = ctx.pool.get().await?;
     StaffSession::delete(&mut conn, &token_hash(&token)).await?;
@@ -151,7 +160,9 @@ async fn kitchen_info(
 ) -> ApiResult<HttpResponse> {
     let addr = kitchen_actor(&ctx, &staff, &q).await?;
     let body = addr.send(GetKitchenInfo).await?;
-    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// `POST /api/v1/kitchen/orders/{id}/status`.

@@ -90,7 +90,9 @@ async fn kitchen_socket(
     };
     let restaurant = match ctx.engine.restaurant(restaurant_id).await {
         Ok(addr) => addr,
-        Err(EngineError::NotFound) => return refuse(&req, body, close_code::POLICY, "unknown restaurant"),
+        Err(EngineError::NotFound) => {
+            return refuse(&req, body, close_code::POLICY, "unknown restaurant")
+        }
         Err(e) => return Err(ApiError::from(e).into()),
     };
     start_session(
