@@ -4,7 +4,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use base64::Engine as _;
@@ -169,9 +172,58 @@ impl FromRequest for Staff {
     type Future = Pin<Box<dyn Future<Output = Result<Staff, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        if let Some(staff) = req.extensions().get::<Staff>().cloned() {
+            return Box::pin(async move { Ok(staff) });
+        }
         let req = req.clone();
         Box::pin(async move { authenticate_staff(&req, false).await })
     }
+}
+
+/// Middleware for staff routes: authenticates before anything reads the body, so an anonymous caller
+/// learns nothing but 401, and a chef on an admin route nothing but 403.
+pub async fn staff_required(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let staff = authenticate_staff(req.request(), false).await?;
+    req.extensions_mut().insert(staff);
+    next.call(req).await
+}
+
+/// Middleware for admin routes: staff with role `admin` only.
+pub async fn admin_required(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let staff = authenticate_staff(req.request(), false).await?;
+    staff.require_admin()?;
+    req.extensions_mut().insert(staff);
+    next.call(req).await
+}
+
+/// Middleware for guest routes that need a verified phone.
+pub async fn customer_required(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let customer = authenticate_customer(req.request()).await?;
+    req.extensions_mut().insert(customer);
+    next.call(req).await
+}
+
+pub async fn authenticate_customer(req: &HttpRequest) -> Result<Customer, ApiError> {
+    let ctx = req
+        .app_data::<web::Data<AppContext>>()
+        .ok_or_else(|| ApiError::internal("app context", "missing"))?;
+    let token = bearer(req).ok_or_else(ApiError::unauthenticated)?;
+    let mut conn = ctx.pool.get().await?;
+    let phone = CustomerSession::phone_for(&mut conn, &token_hash(&token), Utc::now())
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    Ok(Customer {
+        phone: Phone::from_stored(phone),
+    })
 }
 
 /// A guest with a verified phone (customer token).
@@ -185,20 +237,11 @@ impl FromRequest for Customer {
     type Future = Pin<Box<dyn Future<Output = Result<Customer, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        if let Some(customer) = req.extensions().get::<Customer>().cloned() {
+            return Box::pin(async move { Ok(customer) });
+        }
         let req = req.clone();
-        Box::pin(async move {
-            let ctx = req
-                .app_data::<web::Data<AppContext>>()
-                .ok_or_else(|| ApiError::internal("app context", "missing"))?;
-            let token = bearer(&req).ok_or_else(ApiError::unauthenticated)?;
-            let mut conn = ctx.pool.get().await?;
-            let phone = CustomerSession::phone_for(&mut conn, &token_hash(&token), Utc::now())
-                .await?
-                .ok_or_else(ApiError::unauthenticated)?;
-            Ok(Customer {
-                phone: Phone::from_stored(phone),
-            })
-        })
+        Box::pin(async move { authenticate_customer(&req).await })
     }
 }
 

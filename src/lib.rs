@@ -9,6 +9,7 @@
 //!   mapping every failure to `{"error", "message"}`;
 //! - [`ws`]: the socket transport under the session actors;
 //! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
+//! - [`qr`]: table QR codes (SVG, PNG) and the printable sheet;
 //! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data.
 //!
 //! The actors live in `scan2order-actors`, the schema and wire types in `scan2order-schema`.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod qr;
 pub mod routes;
 pub mod seed;
 pub mod startup;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpServer};
 use scan2order_actors::notifier::NotifierActor;
 use scan2order_actors::restaurant::RestaurantConfig;
@@ -89,6 +90,16 @@ impl Application {
         let app_ctx = ctx.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(
+                    DefaultHeaders::new()
+                        .add((
+                            "Content-Security-Policy",
+                            routes::pages::CONTENT_SECURITY_POLICY,
+                        ))
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("Referrer-Policy", "no-referrer"))
+                        .add(("X-Frame-Options", "DENY")),
+                )
                 .app_data(web::Data::new(app_ctx.clone()))
                 .app_data(
                     web::JsonConfig::default()
@@ -145,6 +156,11 @@ impl Application {
 }
 
 impl AppHandle {
+    /// The running application's context (the engine's counters and stats, for operators and tests).
+    pub fn context(&self) -> AppContext {
+        self.ctx.clone()
+    }
+
     /// Clean shutdown: stop accepting, commit everything queued, close sockets with 1001, finish
     /// in-flight requests, stop.
     pub async fn shutdown(&self) {

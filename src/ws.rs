@@ -31,6 +31,7 @@ pub fn session_settings(s: &SocketSettings) -> SessionSettings {
 pub struct SessionSpec {
     pub restaurant: Addr<RestaurantActor>,
     pub audience: Audience,
+    pub table_token: Option<String>,
     pub staff: Option<StaffId>,
     pub resume: Option<(String, u64)>,
 }
@@ -57,6 +58,7 @@ pub fn start_session(
         SocketSession::new(
             spec.restaurant,
             spec.audience,
+            spec.table_token,
             spec.staff,
             sink,
             spec.resume,

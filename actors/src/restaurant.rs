@@ -31,8 +31,9 @@ use scan2order_schema::DbPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::admin::{self, AdminChange, AdminError, AdminOutcome};
 use crate::notifier::MessageKind;
-use crate::sink::SocketSink;
+use crate::sink::{close_code, SocketSink};
 use crate::writer::{NewOrderBundle, PersistenceWriter, Write, WriteError, WriteOp, WriteOutcome};
 
 /// Tunables of every restaurant actor.
@@ -127,6 +128,7 @@ pub struct RestaurantActor {
     seq: u64,
     ring: VecDeque<RingEvent>,
     kitchen: HashMap<u64, SocketSink>,
+    kitchen_staff: HashMap<u64, StaffId>,
     table_subs: HashMap<TableId, HashMap<u64, SocketSink>>,
     next_sub: u64,
     pending_keys: HashMap<String, Vec<PlaceReply>>,
@@ -242,6 +244,7 @@ impl RestaurantActor {
             seq: 0,
             ring: VecDeque::with_capacity(config.ring_size.min(1024)),
             kitchen: HashMap::new(),
+            kitchen_staff: HashMap::new(),
             table_subs: HashMap::new(),
             next_sub: 1,
             pending_keys: HashMap::new(),
@@ -297,6 +300,14 @@ impl RestaurantActor {
         self.public_json = serde_json::to_string(&public).unwrap_or_else(|_| "{}".into());
     }
 
+    /// The active table a token opens. The token is checked here, by the owner of the tables, so a token
+    /// rotated a moment ago cannot open its table through a stale directory entry.
+    fn table_for(&self, id: TableId, token: &str) -> Option<&RestaurantTable> {
+        self.tables.get(&id.get()).filter(|t| {
+            t.active && t.deleted_at.is_none() && t.token.as_bytes() == token.as_bytes()
+        })
+    }
+
     fn etag(&self) -> String {
         format!("\"{}-{}\"", self.id.get().simple(), self.info.menu_version)
     }
@@ -336,6 +347,10 @@ impl RestaurantActor {
         }
         self.kitchen
             .retain(|_, sink| sink.send_text(text.clone()).is_ok());
+        if self.kitchen_staff.len() > self.kitchen.len() {
+            let kitchen = &self.kitchen;
+            self.kitchen_staff.retain(|id, _| kitchen.contains_key(id));
+        }
         match table {
             Some(t) => {
                 if let Some(subs) = self.table_subs.get_mut(&t) {
@@ -408,10 +423,10 @@ impl RestaurantActor {
         if !self.info.accepting_orders {
             return Err(EngineError::NotAccepting);
         }
-        let table = match self.tables.get(&msg.table_id.get()) {
-            Some(t) if t.active => t,
-            _ => return Err(EngineError::NotFound),
-        };
+        let (table_id, table_label) = self
+            .table_for(msg.table_id, &msg.table_token)
+            .map(|t| (t.id, t.label.clone()))
+            .ok_or(EngineError::NotFound)?;
         if msg.lines.is_empty() {
             return Err(EngineError::Invalid(
                 "items: an order needs at least one item".into(),
@@ -473,8 +488,8 @@ impl RestaurantActor {
             row: OrderRow {
                 id: order_id,
                 restaurant_id: self.id.get(),
-                table_id: table.id,
-                table_label: table.label.clone(),
+                table_id,
+                table_label,
                 ticket_no: self.ticket_last,
                 business_day: self.ticket_day,
                 phone: msg.phone.as_str().to_string(),
@@ -567,6 +582,7 @@ fn writer_error(e: WriteError) -> EngineError {
 #[rtype(result = "Result<PlacedOrder, EngineError>")]
 pub struct PlaceOrder {
     pub table_id: TableId,
+    pub table_token: String,
     pub phone: Phone,
     pub idempotency_key: String,
     pub lines: Vec<PlaceOrderLine>,
@@ -865,6 +881,7 @@ impl Handler<SetAccepting> for RestaurantActor {
 #[rtype(result = "Result<TableMenuAnswer, EngineError>")]
 pub struct GetTableMenu {
     pub table_id: TableId,
+    pub table_token: String,
 }
 
 pub struct TableMenuAnswer {
@@ -876,10 +893,9 @@ impl Handler<GetTableMenu> for RestaurantActor {
     type Result = Result<TableMenuAnswer, EngineError>;
 
     fn handle(&mut self, msg: GetTableMenu, _ctx: &mut Context<Self>) -> Self::Result {
-        let table = match self.tables.get(&msg.table_id.get()) {
-            Some(t) if t.active => t,
-            _ => return Err(EngineError::NotFound),
-        };
+        let table = self
+            .table_for(msg.table_id, &msg.table_token)
+            .ok_or(EngineError::NotFound)?;
         let table = serde_json::to_string(&TablePublic {
             id: table.id.into(),
             label: table.label.clone(),
@@ -955,6 +971,10 @@ impl Handler<SayHello> for RestaurantActor {
 pub struct Subscribe {
     pub sink: SocketSink,
     pub audience: Audience,
+    /// The QR token a table socket connected with (checked against the table's current token).
+    pub table_token: Option<String>,
+    /// The staff member behind a kitchen socket (closed when their sessions end).
+    pub staff: Option<StaffId>,
     pub resume: Option<(String, u64)>,
     pub hello: bool,
 }
@@ -964,9 +984,9 @@ impl Handler<Subscribe> for RestaurantActor {
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
         if let Audience::Table(t) = msg.audience {
-            match self.tables.get(&t.get()) {
-                Some(table) if table.active => {}
-                _ => return Err(EngineError::NotFound),
+            let token = msg.table_token.as_deref().unwrap_or_default();
+            if self.table_for(t, token).is_none() {
+                return Err(EngineError::NotFound);
             }
         }
         if msg.hello {
@@ -1006,6 +1026,9 @@ impl Handler<Subscribe> for RestaurantActor {
         match msg.audience {
             Audience::Kitchen => {
                 self.kitchen.insert(id, msg.sink);
+                if let Some(staff) = msg.staff {
+                    self.kitchen_staff.insert(id, staff);
+                }
             }
             Audience::Table(t) => {
                 self.table_subs.entry(t).or_default().insert(id, msg.sink);
@@ -1030,6 +1053,7 @@ impl Handler<Unsubscribe> for RestaurantActor {
         match msg.audience {
             Audience::Kitchen => {
                 self.kitchen.remove(&msg.id);
+                self.kitchen_staff.remove(&msg.id);
             }
             Audience::Table(t) => {
                 if let Some(subs) = self.table_subs.get_mut(&t) {
@@ -1063,6 +1087,7 @@ impl Handler<CloseAll> for RestaurantActor {
             }
         }
         self.kitchen.clear();
+        self.kitchen_staff.clear();
         self.table_subs.clear();
     }
 }
@@ -1094,5 +1119,148 @@ impl Handler<GetStats> for RestaurantActor {
             kitchen_sockets: self.kitchen.len(),
             table_sockets: self.table_subs.values().map(HashMap::len).sum(),
         })
+    }
+}
+
+/// Closes the kitchen sockets of one staff member (password changed, account removed): 1008.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseStaffSockets {
+    pub staff: StaffId,
+}
+
+impl Handler<CloseStaffSockets> for RestaurantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseStaffSockets, _ctx: &mut Context<Self>) {
+        let ids: Vec<u64> = self
+            .kitchen_staff
+            .iter()
+            .filter(|(_, s)| **s == msg.staff)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.kitchen_staff.remove(&id);
+            if let Some(sink) = self.kitchen.remove(&id) {
+                sink.close(close_code::POLICY);
+            }
+        }
+    }
+}
+
+/// An admin change applied by the owner of the restaurant.
+#[derive(Message)]
+#[rtype(result = "Result<AdminApplied, AdminError>")]
+pub struct ApplyAdminChange(pub AdminChange);
+
+/// The outcome, and the table tokens that died or appeared (for the token directory).
+#[derive(Debug)]
+pub struct AdminApplied {
+    pub outcome: AdminOutcome,
+    pub dead_tokens: Vec<String>,
+    pub new_tables: Vec<(String, TableId)>,
+}
+
+struct Reloaded {
+    info: Restaurant,
+    categories: Vec<MenuCategory>,
+    items: Vec<MenuItem>,
+    tables: Vec<RestaurantTable>,
+}
+
+impl Handler<ApplyAdminChange> for RestaurantActor {
+    type Result = ResponseActFuture<Self, Result<AdminApplied, AdminError>>;
+
+    fn handle(&mut self, msg: ApplyAdminChange, _ctx: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        let rid = self.id.get();
+        Box::pin(
+            async move {
+                let mut conn = pool.get().await.map_err(|_| AdminError::Unavailable)?;
+                let outcome = admin::apply(&mut conn, rid, msg.0).await?;
+                let info = Restaurant::find(&mut conn, rid)
+                    .await?
+                    .ok_or(AdminError::NotFound)?;
+                let categories = MenuCategory::for_restaurant(&mut conn, rid).await?;
+                let items = MenuItem::for_restaurant(&mut conn, rid).await?;
+                let tables = RestaurantTable::for_restaurant(&mut conn, rid).await?;
+                Ok((
+                    outcome,
+                    Reloaded {
+                        info,
+                        categories,
+                        items,
+                        tables,
+                    },
+                ))
+            }
+            .into_actor(self)
+            .map(
+                |res: Result<(AdminOutcome, Reloaded), AdminError>, act, _| {
+                    let (outcome, reloaded) = res?;
+                    let (dead_tokens, new_tables) = act.apply_reload(reloaded);
+                    Ok(AdminApplied {
+                        outcome,
+                        dead_tokens,
+                        new_tables,
+                    })
+                },
+            ),
+        )
+    }
+}
+
+impl RestaurantActor {
+    /// Takes a fresh copy of the admin-owned state, tells sockets what changed, and closes the sockets
+    /// of tables whose token died (rotated, deactivated, deleted) with 1008.
+    fn apply_reload(&mut self, r: Reloaded) -> (Vec<String>, Vec<(String, TableId)>) {
+        let accepting_changed = r.info.accepting_orders != self.info.accepting_orders;
+        let version_changed = r.info.menu_version != self.info.menu_version;
+        let new_tables: HashMap<Uuid, RestaurantTable> =
+            r.tables.into_iter().map(|t| (t.id, t)).collect();
+        let live_token =
+            |t: &RestaurantTable| (t.active && t.deleted_at.is_none()).then(|| t.token.clone());
+        let mut dead = Vec::new();
+        for (id, old) in &self.tables {
+            let Some(old_token) = live_token(old) else {
+                continue;
+            };
+            if new_tables.get(id).and_then(live_token).as_deref() != Some(old_token.as_str()) {
+                dead.push(old_token);
+                if let Some(subs) = self.table_subs.remove(&TableId::from(*id)) {
+                    for sink in subs.values() {
+                        sink.close(close_code::POLICY);
+                    }
+                }
+            }
+        }
+        let mut added = Vec::new();
+        for (id, t) in &new_tables {
+            if let Some(token) = live_token(t) {
+                let before = self.tables.get(id).and_then(live_token);
+                if before.as_deref() != Some(token.as_str()) {
+                    added.push((token, TableId::from(*id)));
+                }
+            }
+        }
+        self.tz = parse_tz(&r.info.time_zone);
+        self.next_menu_version = self.next_menu_version.max(r.info.menu_version);
+        self.info = r.info;
+        self.categories = r.categories;
+        self.items = r.items.into_iter().map(|i| (i.id, i)).collect();
+        self.tables = new_tables;
+        self.render_menu();
+        if accepting_changed {
+            let accepting = self.info.accepting_orders;
+            self.publish(None, |seq| ServerMsg::Restaurant {
+                seq,
+                accepting_orders: accepting,
+            });
+        }
+        if version_changed {
+            let version = self.info.menu_version.to_string();
+            self.publish(None, |seq| ServerMsg::Menu { seq, version });
+        }
+        (dead, added)
     }
 }

@@ -57,6 +57,7 @@ pub enum Inbound {
 pub struct SocketSession {
     restaurant: Addr<RestaurantActor>,
     audience: Audience,
+    table_token: Option<String>,
     staff: Option<StaffId>,
     sink: SocketSink,
     resume: Option<(String, u64)>,
@@ -73,6 +74,7 @@ impl SocketSession {
     pub fn new(
         restaurant: Addr<RestaurantActor>,
         audience: Audience,
+        table_token: Option<String>,
         staff: Option<StaffId>,
         sink: SocketSink,
         resume: Option<(String, u64)>,
@@ -82,6 +84,7 @@ impl SocketSession {
         SocketSession {
             restaurant,
             audience,
+            table_token,
             staff,
             sink,
             resume,
@@ -102,6 +105,8 @@ impl SocketSession {
         let msg = Subscribe {
             sink: self.sink.clone(),
             audience: self.audience,
+            table_token: self.table_token.clone(),
+            staff: self.staff,
             resume: self.resume.take(),
             hello,
         };

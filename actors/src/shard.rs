@@ -221,6 +221,31 @@ impl ShardSupervisor {
         Ok((addr, r))
     }
 
+    /// Forgets table tokens that died (rotation, deactivation, deletion).
+    pub fn forget_tokens(&self, tokens: &[String]) {
+        for t in tokens {
+            self.inner.tables.remove(t);
+        }
+    }
+
+    /// Records new table tokens of an active restaurant.
+    pub fn remember_tables(&self, restaurant_id: RestaurantId, tables: &[(String, TableId)]) {
+        for (token, table_id) in tables {
+            self.inner.tables.insert(
+                token.clone(),
+                TableRef {
+                    restaurant_id,
+                    table_id: *table_id,
+                },
+            );
+        }
+    }
+
+    /// The actor of a restaurant if it is active now (no activation).
+    pub fn active_restaurant(&self, id: RestaurantId) -> Option<Addr<RestaurantActor>> {
+        self.inner.registry.get(&id).and_then(|c| c.get().cloned())
+    }
+
     /// Addresses of every active restaurant.
     pub fn active(&self) -> Vec<Addr<RestaurantActor>> {
         self.inner

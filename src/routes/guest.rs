@@ -1,6 +1,7 @@
 //! Guest calls: the table menu, one-time codes, ordering, and a guest's own orders.
 
 use actix_web::http::{header, StatusCode};
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use rand::Rng;
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::auth::{new_token, token_hash, Customer};
+use crate::auth::{self, new_token, token_hash, Customer};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 
@@ -31,7 +32,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/tables/{token}", web::get().to(table_menu))
         .route("/otp/send", web::post().to(otp_send))
         .route("/otp/verify", web::post().to(otp_verify))
-        .route("/orders", web::post().to(place_order))
+        .service(
+            web::resource("/orders")
+                .wrap(from_fn(auth::customer_required))
+                .route(web::post().to(place_order)),
+        )
         .route("/orders/{id}", web::get().to(get_order))
         .route("/me/orders", web::get().to(my_orders));
 }
@@ -54,6 +59,7 @@ async fn table_menu(
     let answer = addr
         .send(GetTableMenu {
             table_id: table.table_id,
+            table_token: token.into_inner(),
         })
         .await??;
     let matches = req
@@ -262,6 +268,7 @@ async fn place_order(
     let placed = addr
         .send(PlaceOrder {
             table_id: table.table_id,
+            table_token: body.table_token,
             phone: customer.phone,
             idempotency_key: key,
             lines: body.items,

@@ -3,6 +3,7 @@
 
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{Duration as ChronoDuration, Utc};
 use scan2order_actors::restaurant::{
@@ -26,13 +27,21 @@ const MAX_PASSWORD: usize = 256;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/login", web::post().to(login))
-        .route("/auth/logout", web::post().to(logout))
-        .route("/auth/me", web::get().to(me))
-        .route("/kitchen/orders", web::get().to(live_orders))
-        .route("/kitchen/orders/{id}/status", web::post().to(set_status))
-        .route("/kitchen/menu-items/{id}", web::patch().to(set_available))
-        .route("/kitchen/restaurant", web::patch().to(set_accepting))
-        .route("/kitchen/restaurant", web::get().to(kitchen_info));
+        .service(
+            web::scope("/auth")
+                .wrap(from_fn(auth::staff_required))
+                .route("/logout", web::post().to(logout))
+                .route("/me", web::get().to(me)),
+        )
+        .service(
+            web::scope("/kitchen")
+                .wrap(from_fn(auth::staff_required))
+                .route("/orders", web::get().to(live_orders))
+                .route("/orders/{id}/status", web::post().to(set_status))
+                .route("/menu-items/{id}", web::patch().to(set_available))
+                .route("/restaurant", web::patch().to(set_accepting))
+                .route("/restaurant", web::get().to(kitchen_info)),
+        );
 }
 
 fn invalid_credentials() -> ApiError {

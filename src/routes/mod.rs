@@ -4,9 +4,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
 
+pub mod admin;
 pub mod guest;
 pub mod health;
 pub mod kitchen;
+pub mod pages;
 pub mod sockets;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -14,9 +16,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1")
             .configure(guest::configure)
             .configure(kitchen::configure)
+            .configure(admin::configure)
             .default_service(web::to(not_found)),
     )
     .configure(sockets::configure)
+    .configure(pages::configure)
     .configure(health::configure);
 }
 

@@ -57,6 +57,7 @@ async fn table_socket(
             SessionSpec {
                 restaurant,
                 audience: Audience::Table(table.table_id),
+                table_token: Some(token.into_inner()),
                 staff: None,
                 resume: q.resume(),
             },
@@ -101,6 +102,7 @@ async fn kitchen_socket(
         SessionSpec {
             restaurant,
             audience: Audience::Kitchen,
+            table_token: None,
             staff: Some(staff.id),
             resume: q.resume(),
         },
