@@ -423,7 +423,7 @@ const STABLE_AFTER_MS = 5_000;
  *
  * Callbacks:
  *   onMessage(msg)          every message that passed the ordering check
- *   onStatus(status)        'connecting' | 'open' | 'reconnecting' | 'stopped'
+ *   onStatus(status)        'connecting' | 'open' (first message received) | 'reconnecting' | 'stopped'
  *   onClose(code, reason)   return false to stop reconnecting (e.g. 1008 policy)
  *   params()                extra query parameters for each connect (token, restaurant_id, ...)
  */
@@ -532,9 +532,13 @@ export class LiveSocket {
     ws.onopen = () => {
       clearTimeout(this.connectTimer);
       this.openedAt = Date.now();
-      this.setStatus('open');
     };
-    ws.onmessage = (event) => this.receive(event.data);
+    ws.onmessage = (event) => {
+      // "open" once the server has spoken (hello), not merely on the handshake:
+      // a server that accepts and drops at once never flips the banner off.
+      this.setStatus('open');
+      this.receive(event.data);
+    };
     ws.onerror = () => { /* a close event follows */ };
     ws.onclose = (event) => this.dropSocket(ws, event.code, event.reason);
   }

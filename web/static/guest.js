@@ -265,7 +265,7 @@ function emptyCart() {
 }
 
 function loadCart() {
-  const saved = local.get(`s2o.cart.${tokenFromPath(location.pathname)}`);
+  const saved = local.get(CART_KEY);
   if (!saved || !Array.isArray(saved.lines)) return emptyCart();
   const lines = saved.lines
     .filter((l) => l && l.item_id !== undefined)
