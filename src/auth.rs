@@ -82,16 +82,17 @@ pub fn staff_token(req: &HttpRequest, allow_query: bool) -> Option<(String, bool
     if let Some(t) = bearer(req) {
         return Some((t, false));
     }
-    if let Some(c) = req.cookie(SESSION_COOKIE) {
-        return Some((c.value().to_string(), true));
-    }
+    // A socket's explicit `?token=` wins over the cookie: another tab may have signed in as someone else.
     if allow_query {
-        let q =
-            web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-                .ok()?;
-        return q.get("token").cloned().map(|t| (t, false));
+        let query = req.query_string();
+        if let Ok(q) = web::Query::<std::collections::HashMap<String, String>>::from_query(query) {
+            if let Some(t) = q.get("token").filter(|t| !t.is_empty()) {
+                return Some((t.clone(), false));
+            }
+        }
     }
-    None
+    req.cookie(SESSION_COOKIE)
+        .map(|c| (c.value().to_string(), true))
 }
 
 /// A signed-in staff member.
@@ -187,8 +188,58 @@ pub async fn staff_required(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let staff = authenticate_staff(req.request(), false).await?;
+    refuse_cross_site(&req, &staff)?;
     req.extensions_mut().insert(staff);
     next.call(req).await
+}
+
+/// Whether the request's `Origin` is this site: the configured public origin or the origin of the
+/// `Host` the browser addressed (a foreign page cannot forge either in a victim's browser).
+pub fn same_origin(req: &HttpRequest) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let public = req
+        .app_data::<web::Data<AppContext>>()
+        .map(|ctx| ctx.settings.public_base_url().to_string())
+        .unwrap_or_default();
+    if !public.is_empty() && origin.eq_ignore_ascii_case(&public) {
+        return true;
+    }
+    // The `Host` header itself, not `connection_info()`: that would believe `X-Forwarded-Host` and
+    // `Forwarded` from any peer.
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    origin.split_once("://").is_some_and(|(scheme, rest)| {
+        (scheme == "http" || scheme == "https")
+            && host.is_some_and(|host| rest.eq_ignore_ascii_case(host))
+    })
+}
+
+/// CSRF: a state-changing request that relies on the session cookie must come from our own pages.
+fn refuse_cross_site(req: &ServiceRequest, staff: &Staff) -> Result<(), ApiError> {
+    let safe = matches!(
+        *req.method(),
+        actix_web::http::Method::GET
+            | actix_web::http::Method::HEAD
+            | actix_web::http::Method::OPTIONS
+    );
+    if staff.via_cookie && !safe && !same_origin(req.request()) {
+        tracing::warn!("cross-site request with the session cookie refused");
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "cross-site request refused",
+        ));
+    }
+    Ok(())
 }
 
 /// Middleware for admin routes: staff with role `admin` only.
@@ -198,6 +249,7 @@ pub async fn admin_required(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let staff = authenticate_staff(req.request(), false).await?;
     staff.require_admin()?;
+    refuse_cross_site(&req, &staff)?;
     req.extensions_mut().insert(staff);
     next.call(req).await
 }

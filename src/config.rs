@@ -43,6 +43,7 @@ pub struct Settings {
     pub sockets: SocketSettings,
     pub auth: AuthSettings,
     pub whatsapp: WhatsAppSettings,
+    pub rate_limits: crate::limits::RateLimitSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
 }

@@ -7,6 +7,7 @@ use scan2order_actors::shard::ShardSupervisor;
 use scan2order_schema::DbPool;
 
 use crate::config::Settings;
+use crate::limits::RateLimits;
 
 #[derive(Clone)]
 pub struct AppContext {
@@ -16,6 +17,8 @@ pub struct AppContext {
     pub engine: ShardSupervisor,
     /// Typed settings, loaded once.
     pub settings: Arc<Settings>,
+    /// Tiered rate limits keyed by client IP and staff account.
+    pub limits: Arc<RateLimits>,
     /// Sends one-time codes (the WhatsApp Cloud API client, or the development log).
     pub sender: Arc<dyn MessageSender>,
 }

@@ -7,10 +7,12 @@
 //! - [`startup`]: builds the application (database, shards, notifier, HTTP) and shuts it down cleanly;
 //! - [`routes`]: the REST and socket endpoints of PROTOCOL.md, with [`auth`] extractors and [`error`]
 //!   mapping every failure to `{"error", "message"}`;
+//! - [`limits`]: tiered rate limits and the client address they key on;
 //! - [`ws`]: the socket transport under the session actors;
 //! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
 //! - [`qr`]: table QR codes (SVG, PNG) and the printable sheet;
-//! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data.
+//! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data;
+//!   [`load_tokens`]: the operator tool that mints customer sessions for load tests.
 //!
 //! The actors live in `scan2order-actors`, the schema and wire types in `scan2order-schema`.
 
@@ -19,6 +21,9 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod load_tokens;
 pub mod qr;
 pub mod routes;
 pub mod seed;

@@ -35,6 +35,13 @@ enum Command {
         #[arg(long)]
         username: String,
     },
+    /// Operator tool for load tests only: mint N customer sessions (test phones +999…) into FILE.
+    LoadTokens {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +59,9 @@ fn main() -> anyhow::Result<()> {
             system.block_on(scan2order::startup::create_admin(
                 settings, username, password,
             ))
+        }
+        Command::LoadTokens { count, out } => {
+            system.block_on(scan2order::load_tokens::run(settings, count, &out))
         }
     }
 }

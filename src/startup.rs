@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::DefaultHeaders;
+use actix_web::middleware::{from_fn, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
 use scan2order_actors::notifier::NotifierActor;
 use scan2order_actors::restaurant::RestaurantConfig;
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::context::AppContext;
+use crate::limits::{self, RateLimits};
 use crate::{db, error, routes, seed, whatsapp};
 
 /// How long in-flight requests get to finish once shutdown has begun.
@@ -77,11 +78,14 @@ impl Application {
                 NotifierActor::new(pool, sender, templates, wake, poll)
             });
         }
+        let limits = Arc::new(RateLimits::new(&settings.rate_limits)?);
+        limits::spawn_eviction(limits.clone());
         let settings = Arc::new(settings);
         let ctx = AppContext {
             pool,
             engine,
             settings: settings.clone(),
+            limits,
             sender,
         };
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
@@ -90,6 +94,7 @@ impl Application {
         let app_ctx = ctx.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(limits::limit))
                 .wrap(
                     DefaultHeaders::new()
                         .add((

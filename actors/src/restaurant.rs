@@ -572,6 +572,77 @@ impl Actor for RestaurantActor {
     }
 }
 
+/// First and longest wait between reads that settle a write of unknown outcome.
+const RECONCILE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const RECONCILE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl RestaurantActor {
+    /// A write whose commit is unknown (the database went away mid-transaction, or did not answer in
+    /// time): read the order back until the database answers, then make memory and sockets agree with
+    /// what was stored. An order that did commit reaches the kitchen even if its guest never retries.
+    fn reconcile_later(&self, ctx: &mut Context<Self>, id: Uuid) {
+        let pool = self.pool.clone();
+        ctx.spawn(
+            async move {
+                let mut wait = RECONCILE_FIRST;
+                loop {
+                    if let Ok(mut conn) = pool.get().await {
+                        if let Ok(found) = StoredOrder::find(&mut conn, id).await {
+                            return found;
+                        }
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECONCILE_MAX);
+                }
+            }
+            .into_actor(self)
+            .map(move |found, act, _| act.reconcile(id, found)),
+        );
+    }
+
+    fn reconcile(&mut self, id: Uuid, found: Option<StoredOrder>) {
+        let Some(stored) = found else {
+            return;
+        };
+        if stored.row.restaurant_id != self.id.get() {
+            return;
+        }
+        let db_status: OrderStatus = stored.row.status.parse().unwrap_or(OrderStatus::Placed);
+        let Some(live) = self.live.get_mut(&id) else {
+            if !db_status.is_final() {
+                tracing::info!(order_id = %id, "order of unknown outcome was committed; adopting it");
+                self.add_live(stored);
+            }
+            return;
+        };
+        if db_status == live.committed {
+            return;
+        }
+        tracing::info!(order_id = %id, status = %db_status, "status change of unknown outcome was committed");
+        live.committed = db_status;
+        // Keep a projection that is still ahead of the stored status (later changes are on their way
+        // to the writer); otherwise the stored status is the truth.
+        if !db_status.can_become(live.projected) {
+            live.projected = db_status;
+        }
+        live.stored.row.status = db_status.as_str().to_string();
+        live.stored.row.updated_at = stored.row.updated_at;
+        let ticket_no = live.stored.row.ticket_no;
+        let table = TableId::from(live.stored.row.table_id);
+        let updated_at = stored.row.updated_at;
+        if db_status.is_final() {
+            self.live.shift_remove(&id);
+        }
+        self.publish(Some(table), |seq| ServerMsg::OrderStatus {
+            seq,
+            order_id: OrderId::from(id),
+            ticket_no,
+            status: db_status,
+            updated_at,
+        });
+    }
+}
+
 fn writer_error(e: WriteError) -> EngineError {
     tracing::warn!(error = %e, "write failed");
     EngineError::Unavailable
@@ -649,10 +720,19 @@ impl Handler<PlaceOrder> for RestaurantActor {
         Box::pin(
             async move { writer.send(Write(op)).await }
                 .into_actor(self)
-                .map(move |res, act, _| {
+                .map(move |res, act, ctx| {
+                    let order_id = stored.row.id;
                     let result = match res {
-                        Err(_) => Err(EngineError::Unavailable),
-                        Ok(Err(e)) => Err(writer_error(e)),
+                        Err(_) => {
+                            act.reconcile_later(ctx, order_id);
+                            Err(EngineError::Unavailable)
+                        }
+                        Ok(Err(e)) => {
+                            if e.outcome_unknown() {
+                                act.reconcile_later(ctx, order_id);
+                            }
+                            Err(writer_error(e))
+                        }
                         Ok(Ok(WriteOutcome::Duplicate(existing))) => act.adopt(*existing, &phone),
                         Ok(Ok(_)) => {
                             let order = stored.to_wire(true);
@@ -736,11 +816,19 @@ impl Handler<ChangeStatus> for RestaurantActor {
         Box::pin(
             async move { writer.send(Write(op)).await }
                 .into_actor(self)
-                .map(move |res, act, _| {
+                .map(move |res, act, ctx| {
                     let committed = match res {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(writer_error(e)),
-                        Err(_) => Err(EngineError::Unavailable),
+                        Ok(Err(e)) => {
+                            if e.outcome_unknown() {
+                                act.reconcile_later(ctx, id);
+                            }
+                            Err(writer_error(e))
+                        }
+                        Err(_) => {
+                            act.reconcile_later(ctx, id);
+                            Err(EngineError::Unavailable)
+                        }
                     };
                     let Some(live) = act.live.get_mut(&id) else {
                         return Err(EngineError::NotFound);
@@ -992,18 +1080,28 @@ impl Handler<Subscribe> for RestaurantActor {
         if msg.hello {
             self.push_hello(&msg.sink);
         }
-        let replay = match &msg.resume {
-            Some((epoch, since)) if self.can_replay(epoch, *since) => Some(*since),
+        let replay: Option<Vec<ByteString>> = match &msg.resume {
+            Some((epoch, since)) if self.can_replay(epoch, *since) => {
+                let missed: Vec<ByteString> = self
+                    .ring
+                    .iter()
+                    .filter(|e| e.seq > *since)
+                    .filter(|e| match (msg.audience, e.table) {
+                        (Audience::Kitchen, _) | (_, None) => true,
+                        (Audience::Table(t), Some(et)) => t == et,
+                    })
+                    .map(|e| e.text.clone())
+                    .collect();
+                // A replay longer than the socket's outbound queue would overflow it (1013) on every
+                // reconnect, so the client could never catch up: it gets a snapshot instead.
+                (missed.len() <= msg.sink.room()).then_some(missed)
+            }
             _ => None,
         };
         match replay {
-            Some(since) => {
-                for ev in self.ring.iter().filter(|e| e.seq > since) {
-                    let visible = match (msg.audience, ev.table) {
-                        (Audience::Kitchen, _) | (_, None) => true,
-                        (Audience::Table(t), Some(et)) => t == et,
-                    };
-                    if visible && msg.sink.send_text(ev.text.clone()).is_err() {
+            Some(missed) => {
+                for text in missed {
+                    if msg.sink.send_text(text).is_err() {
                         return Ok(0);
                     }
                 }

@@ -146,7 +146,7 @@ impl SocketSession {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let msg: ClientMsg = match serde_json::from_str(text) {
+        let msg = match ClientMsg::parse(text) {
             Ok(m) => m,
             Err(e) => {
                 self.error(
@@ -274,21 +274,20 @@ impl Actor for SocketSession {
 impl StreamHandler<Inbound> for SocketSession {
     fn handle(&mut self, frame: Inbound, ctx: &mut Context<Self>) {
         self.last_heard = Instant::now();
+        // Every frame the client chooses to send counts, pings and pongs too: a ping flood costs the
+        // server as much as a message flood.
+        let counted = matches!(
+            frame,
+            Inbound::Text(_) | Inbound::Binary | Inbound::Ping(_) | Inbound::Pong
+        );
+        if counted && !self.within_rate() {
+            self.sink.close(close_code::POLICY);
+            ctx.stop();
+            return;
+        }
         match frame {
-            Inbound::Text(text) => {
-                if !self.within_rate() {
-                    self.sink.close(close_code::POLICY);
-                    ctx.stop();
-                    return;
-                }
-                self.on_text(&text, ctx);
-            }
+            Inbound::Text(text) => self.on_text(&text, ctx),
             Inbound::Binary => {
-                if !self.within_rate() {
-                    self.sink.close(close_code::POLICY);
-                    ctx.stop();
-                    return;
-                }
                 self.error(
                     None,
                     "invalid_request",

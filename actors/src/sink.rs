@@ -122,6 +122,11 @@ impl SocketSink {
         }
     }
 
+    /// How many more frames fit in the queue right now.
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
     /// Asks the transport to close the socket with `code`.
     pub fn close(&self, code: u16) {
         self.signal.close(code);
@@ -144,6 +149,14 @@ mod tests {
         assert_eq!(sink.send_text("c".into()), Err(SinkError::Full));
         assert_eq!(rx.signal.wait().await, close_code::SLOW_CONSUMER);
         assert_eq!(sink.send_text("d".into()), Err(SinkError::Closed));
+    }
+
+    #[tokio::test]
+    async fn room_counts_the_free_places_in_the_queue() {
+        let (sink, _rx) = SocketSink::channel(3);
+        assert_eq!(sink.room(), 3);
+        assert!(sink.send_text("a".into()).is_ok());
+        assert_eq!(sink.room(), 2);
     }
 
     #[tokio::test]

@@ -84,6 +84,13 @@ pub enum WriteError {
     Refused(String),
 }
 
+impl WriteError {
+    /// True when the transaction may have committed although no answer said so.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, WriteError::Unavailable(_))
+    }
+}
+
 /// Sent by restaurant actors: one op, answered after its transaction commits.
 #[derive(Message)]
 #[rtype(result = "Result<WriteOutcome, WriteError>")]

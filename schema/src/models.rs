@@ -275,6 +275,48 @@ impl OtpChallenge {
             .map(|_| ())
     }
 
+    /// Inserts the challenge unless a window `(length, at most)` is full for its phone; then answers how
+    /// long until the oldest send in the full window leaves it. Serialised per phone with an advisory
+    /// lock, so parallel requests cannot slip past a cap.
+    pub async fn insert_capped(
+        &self,
+        conn: &mut DbConn,
+        windows: &[(chrono::Duration, i64)],
+    ) -> QueryResult<Result<(), chrono::Duration>> {
+        use diesel_async::AsyncConnection;
+        let longest = windows.iter().map(|(w, _)| *w).max().unwrap_or_default();
+        conn.transaction(async |c| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))::text AS locked")
+                .bind::<diesel::sql_types::Text, _>(&self.phone)
+                .execute(c)
+                .await?;
+            let sent: Vec<DateTime<Utc>> = otp_challenges::table
+                .filter(otp_challenges::phone.eq(&self.phone))
+                .filter(otp_challenges::created_at.gt(self.created_at - longest))
+                .order(otp_challenges::created_at.desc())
+                .select(otp_challenges::created_at)
+                .load(c)
+                .await?;
+            for (window, at_most) in windows {
+                let inside: Vec<&DateTime<Utc>> = sent
+                    .iter()
+                    .filter(|t| **t > self.created_at - *window)
+                    .collect();
+                if inside.len() as i64 >= *at_most {
+                    // The send that must age out is the at_most-th newest.
+                    let pivot = inside[(*at_most).max(1) as usize - 1];
+                    return Ok(Err(*pivot + *window - self.created_at));
+                }
+            }
+            diesel::insert_into(otp_challenges::table)
+                .values(self)
+                .execute(c)
+                .await?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     /// The newest unconsumed challenge for a phone.
     pub async fn latest_open(conn: &mut DbConn, phone: &str) -> QueryResult<Option<OtpChallenge>> {
         otp_challenges::table

@@ -305,9 +305,56 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// Parses one inbound socket message. The error says what was wrong in JSON terms, never with the
+    /// Rust type names serde would print (`expected internally tagged enum ClientMsg`).
+    pub fn parse(text: &str) -> Result<ClientMsg, String> {
+        serde_json::from_str(text).map_err(|e| without_type_names(&e.to_string()))
+    }
+}
+
+/// serde names the Rust types it expected (`expected struct PlaceOrderRequest`, `expected i32`); a
+/// client is told what JSON was expected instead.
+pub fn without_type_names(message: &str) -> String {
+    let Some(at) = message.find("expected ") else {
+        return message.to_string();
+    };
+    let (head, expected) = message.split_at(at + "expected ".len());
+    let word_end = |s: &str| {
+        s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    let (what, rest) = if let Some(name) = expected.strip_prefix("struct ") {
+        ("a JSON object", &name[word_end(name)..])
+    } else if let Some(name) = expected.strip_prefix("internally tagged enum ") {
+        ("a JSON object with a known `type`", &name[word_end(name)..])
+    } else if let Some(name) = expected.strip_prefix("enum ") {
+        ("one of the allowed values", &name[word_end(name)..])
+    } else {
+        let word = &expected[..word_end(expected)];
+        let what = match word {
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
+            | "u128" | "usize" => "an integer",
+            "f32" | "f64" => "a number",
+            _ => return message.to_string(),
+        };
+        (what, &expected[word.len()..])
+    };
+    format!("{head}{what}{rest}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_message_errors_name_no_rust_types() {
+        for text in [r#""x""#, "5", r#"{"type":"resume","epoch":"e","since":-1}"#] {
+            let e = ClientMsg::parse(text).expect_err("refused");
+            assert!(!e.contains("ClientMsg") && !e.contains("u64"), "{e}");
+        }
+        assert!(ClientMsg::parse(r#"{"type":"resume","epoch":"e","since":1}"#).is_ok());
+    }
 
     #[test]
     fn socket_messages_put_type_first() {

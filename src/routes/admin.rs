@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::{self, hash_password, Staff};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
 use crate::qr;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -418,7 +419,7 @@ struct NewRestaurant {
 async fn create_restaurant(
     ctx: web::Data<AppContext>,
     staff: Staff,
-    body: web::Json<NewRestaurant>,
+    body: Json<NewRestaurant>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let b = body.into_inner();
@@ -493,7 +494,7 @@ async fn update_restaurant(
     ctx: web::Data<AppContext>,
     staff: Staff,
     rid: web::Path<Uuid>,
-    body: web::Json<RestaurantChanges>,
+    body: Json<RestaurantChanges>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let b = body.into_inner();
@@ -534,7 +535,7 @@ async fn create_category(
     ctx: web::Data<AppContext>,
     staff: Staff,
     rid: web::Path<Uuid>,
-    body: web::Json<CategoryBody>,
+    body: Json<CategoryBody>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let name = text("name", body.name.as_deref().unwrap_or(""), MAX_NAME)?;
@@ -593,7 +594,7 @@ async fn update_category(
     ctx: web::Data<AppContext>,
     staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<CategoryBody>,
+    body: Json<CategoryBody>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let (rid, cid) = path.into_inner();
@@ -666,7 +667,7 @@ async fn create_item(
     ctx: web::Data<AppContext>,
     staff: Staff,
     rid: web::Path<Uuid>,
-    body: web::Json<ItemBody>,
+    body: Json<ItemBody>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let fields = body.into_inner().validate()?;
@@ -725,7 +726,7 @@ async fn update_item(
     ctx: web::Data<AppContext>,
     staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<ItemBody>,
+    body: Json<ItemBody>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let (rid, iid) = path.into_inner();
@@ -760,7 +761,7 @@ async fn create_table(
     ctx: web::Data<AppContext>,
     staff: Staff,
     rid: web::Path<Uuid>,
-    body: web::Json<TableBody>,
+    body: Json<TableBody>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let label = text("label", body.label.as_deref().unwrap_or(""), MAX_LABEL)?;
@@ -814,7 +815,7 @@ async fn update_table(
     ctx: web::Data<AppContext>,
     staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<TableBody>,
+    body: Json<TableBody>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let (rid, tid) = path.into_inner();
@@ -943,7 +944,7 @@ async fn create_staff(
     ctx: web::Data<AppContext>,
     staff: Staff,
     rid: web::Path<Uuid>,
-    body: web::Json<NewStaff>,
+    body: Json<NewStaff>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     restaurant_row(&ctx, *rid).await?;
@@ -1021,7 +1022,7 @@ async fn update_staff(
     ctx: web::Data<AppContext>,
     staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<StaffChanges>,
+    body: Json<StaffChanges>,
 ) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
     let (rid, uid) = path.into_inner();

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::auth::{self, new_token, token_hash, Customer};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Query};
 
 /// Tries for sending one code before giving up (the guest can ask again).
 const OTP_SEND_TRIES: u32 = 3;
@@ -93,24 +94,15 @@ fn otp_hash(challenge: Uuid, code: &str) -> Vec<u8> {
 /// `POST /api/v1/otp/send`: a 6-digit code, stored hashed, sent only to WhatsApp.
 async fn otp_send(
     ctx: web::Data<AppContext>,
-    body: web::Json<OtpSendRequest>,
+    body: Json<OtpSendRequest>,
 ) -> ApiResult<HttpResponse> {
     let phone = phone_field(&body.phone)?;
     let auth = &ctx.settings.auth;
+    let caps = &ctx.settings.rate_limits;
     let now = Utc::now();
-    let mut conn = ctx.pool.get().await?;
-    let recent = OtpChallenge::count_since(
-        &mut conn,
-        phone.as_str(),
-        now - ChronoDuration::seconds(auth.otp_resend_after_s),
-    )
-    .await?;
-    if recent > 0 {
-        return Err(ApiError::rate_limited(auth.otp_resend_after_s as u64));
-    }
     let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
     let id = Uuid::new_v4();
-    OtpChallenge {
+    let challenge = OtpChallenge {
         id,
         phone: phone.as_str().to_string(),
         code_hash: otp_hash(id, &code),
@@ -118,9 +110,23 @@ async fn otp_send(
         created_at: now,
         expires_at: now + ChronoDuration::seconds(auth.otp_ttl_s),
         consumed_at: None,
+    };
+    let windows = if caps.enabled {
+        vec![
+            (ChronoDuration::seconds(auth.otp_resend_after_s), 1),
+            (
+                ChronoDuration::minutes(10),
+                caps.otp_sends_per_phone_10_minutes,
+            ),
+            (ChronoDuration::days(1), caps.otp_sends_per_phone_day),
+        ]
+    } else {
+        vec![(ChronoDuration::seconds(auth.otp_resend_after_s), 1)]
+    };
+    let mut conn = ctx.pool.get().await?;
+    if let Err(wait) = challenge.insert_capped(&mut conn, &windows).await? {
+        return Err(ApiError::rate_limited(wait.num_seconds().max(1) as u64));
     }
-    .insert(&mut conn)
-    .await?;
     drop(conn);
     let msg = TemplateMessage {
         to: phone.digits().to_string(),
@@ -170,7 +176,7 @@ fn too_many_attempts() -> ApiError {
 /// `POST /api/v1/otp/verify`: constant-time check, 5 attempts per code, then a 30-day customer token.
 async fn otp_verify(
     ctx: web::Data<AppContext>,
-    body: web::Json<OtpVerifyRequest>,
+    body: Json<OtpVerifyRequest>,
 ) -> ApiResult<HttpResponse> {
     let phone = phone_field(&body.phone)?;
     let code = body.code.trim();
@@ -249,7 +255,7 @@ async fn place_order(
     ctx: web::Data<AppContext>,
     req: HttpRequest,
     customer: Customer,
-    body: web::Json<PlaceOrderRequest>,
+    body: Json<PlaceOrderRequest>,
 ) -> ApiResult<HttpResponse> {
     let key = idempotency_key(&req)?;
     let body = body.into_inner();
@@ -317,7 +323,7 @@ fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
 /// `GET /api/v1/me/orders?limit=&before=`: newest first, across restaurants.
 async fn my_orders(
     ctx: web::Data<AppContext>,
-    q: web::Query<PageQuery>,
+    q: Query<PageQuery>,
     customer: Customer,
 ) -> ApiResult<HttpResponse> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::auth::{self, new_token, token_hash, verify_password, Staff, SESSION_COOKIE};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Query};
 
 /// Longest username and password looked at; longer ones cannot be ours and cost argon2 time.
 const MAX_USERNAME: usize = 64;
@@ -66,12 +67,22 @@ fn session_cookie(value: String, max_age: CookieDuration, secure: bool) -> Cooki
 /// wrong passwords.
 async fn login(
     ctx: web::Data<AppContext>,
-    body: web::Json<LoginRequest>,
+    req: HttpRequest,
+    body: Json<LoginRequest>,
 ) -> ApiResult<HttpResponse> {
+    // Login CSRF: a browser always sends Origin on POST; a foreign one is refused.
+    if req.headers().contains_key(actix_web::http::header::ORIGIN) && !auth::same_origin(&req) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "cross-site request refused",
+        ));
+    }
     let LoginRequest { username, password } = body.into_inner();
     if username.len() > MAX_USERNAME || password.len() > MAX_PASSWORD {
         return Err(invalid_credentials());
     }
+    ctx.limits.check_account(&username)?;
     let user = {
         let mut conn = ctx.pool.get().await?;
         StaffUserRow::by_username(&mut conn, &username).await?
@@ -85,7 +96,10 @@ async fn login(
         .map_err(|e| ApiError::internal("password check", e))?;
     let user = match user {
         Some(u) if ok => u,
-        _ => return Err(invalid_credentials()),
+        _ => {
+            ctx.limits.login_failed(&username)?;
+            return Err(invalid_credentials());
+        }
     };
     let token = new_token();
     let now = Utc::now();
@@ -154,7 +168,7 @@ async fn kitchen_actor(
 async fn live_orders(
     ctx: web::Data<AppContext>,
     staff: Staff,
-    q: web::Query<RestaurantQuery>,
+    q: Query<RestaurantQuery>,
 ) -> ApiResult<HttpResponse> {
     let addr = kitchen_actor(&ctx, &staff, &q).await?;
     let orders = addr.send(GetLiveOrders).await?;
@@ -165,7 +179,7 @@ async fn live_orders(
 async fn kitchen_info(
     ctx: web::Data<AppContext>,
     staff: Staff,
-    q: web::Query<RestaurantQuery>,
+    q: Query<RestaurantQuery>,
 ) -> ApiResult<HttpResponse> {
     let addr = kitchen_actor(&ctx, &staff, &q).await?;
     let body = addr.send(GetKitchenInfo).await?;
@@ -179,8 +193,8 @@ async fn set_status(
     ctx: web::Data<AppContext>,
     staff: Staff,
     id: web::Path<OrderId>,
-    q: web::Query<RestaurantQuery>,
-    body: web::Json<SetStatusRequest>,
+    q: Query<RestaurantQuery>,
+    body: Json<SetStatusRequest>,
 ) -> ApiResult<HttpResponse> {
     let addr = kitchen_actor(&ctx, &staff, &q).await?;
     let order = addr
@@ -198,8 +212,8 @@ async fn set_available(
     ctx: web::Data<AppContext>,
     staff: Staff,
     id: web::Path<MenuItemId>,
-    q: web::Query<RestaurantQuery>,
-    body: web::Json<SetAvailableRequest>,
+    q: Query<RestaurantQuery>,
+    body: Json<SetAvailableRequest>,
 ) -> ApiResult<HttpResponse> {
     let addr = kitchen_actor(&ctx, &staff, &q).await?;
     let item = addr
@@ -215,8 +229,8 @@ async fn set_available(
 async fn set_accepting(
     ctx: web::Data<AppContext>,
     staff: Staff,
-    q: web::Query<RestaurantQuery>,
-    body: web::Json<SetAcceptingRequest>,
+    q: Query<RestaurantQuery>,
+    body: Json<SetAcceptingRequest>,
 ) -> ApiResult<HttpResponse> {
     let addr = kitchen_actor(&ctx, &staff, &q).await?;
     let restaurant = addr

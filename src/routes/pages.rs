@@ -23,6 +23,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/t/{token}", web::get().to(guest))
         .route("/kitchen", web::get().to(kitchen))
         .route("/admin", web::get().to(admin))
+        .route(
+            "/favicon.ico",
+            web::get().to(|| async { HttpResponse::NoContent().finish() }),
+        )
         .route("/static/{path:.*}", web::get().to(asset));
 }
 

@@ -81,6 +81,11 @@ async fn kitchen_socket(
         }
         Err(e) => return Err(e.into()),
     };
+    // Cross-site WebSocket hijacking: a page of another origin (a sibling subdomain is "same site",
+    // so SameSite does not stop it) must not ride the session cookie into a kitchen socket.
+    if staff.via_cookie && !crate::auth::same_origin(&req) {
+        return refuse(&req, body, close_code::POLICY, "cross-site socket refused");
+    }
     let asked = match q.restaurant_id.as_deref().map(str::parse) {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => return refuse(&req, body, close_code::POLICY, "unknown restaurant"),
