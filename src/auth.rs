@@ -62,37 +62,111 @@ pub fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(&random_url_safe(24)).unwrap_or_default())
 }
 
+/// The parts of a request that staff authentication and the same-origin check look at. Built from an
+/// actix request ([`RequestParts::of`]) or from a raw WebSocket upgrade head (the lean transport), so
+/// both paths share one implementation.
+#[derive(Clone, Debug, Default)]
+pub struct RequestParts<'a> {
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// The query string, without `?`.
+    pub query: &'a str,
+    /// Every `Cookie` header.
+    pub cookies: Vec<&'a str>,
+    /// The `Origin` header.
+    pub origin: Option<&'a str>,
+    /// The `Host` header (or the request target's authority).
+    pub host: Option<&'a str>,
+}
+
+impl<'a> RequestParts<'a> {
+    pub fn of(req: &'a HttpRequest) -> RequestParts<'a> {
+        use actix_web::http::header;
+        let headers = req.headers();
+        let one = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        RequestParts {
+            authorization: one(header::AUTHORIZATION),
+            query: req.query_string(),
+            cookies: headers
+                .get_all(header::COOKIE)
+                .filter_map(|v| v.to_str().ok())
+                .collect(),
+            origin: one(header::ORIGIN),
+            host: one(header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str())),
+        }
+    }
+
+    /// The bearer token, if any.
+    pub fn bearer(&self) -> Option<String> {
+        let (scheme, token) = self.authorization?.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let token = token.trim();
+        (!token.is_empty()).then(|| token.to_string())
+    }
+
+    /// The value of the first cookie called `name` (percent-decoded, as actix-web reads cookies).
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies
+            .iter()
+            .flat_map(|h| h.split(';'))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .filter_map(|c| actix_web::cookie::Cookie::parse_encoded(c).ok())
+            .find(|c| c.name() == name)
+            .map(|c| c.value().to_string())
+    }
+
+    /// The staff token: bearer header or session cookie; sockets also accept `?token=`. The flag says
+    /// whether it came from the cookie.
+    pub fn staff_token(&self, allow_query: bool) -> Option<(String, bool)> {
+        if let Some(t) = self.bearer() {
+            return Some((t, false));
+        }
+        // A socket's explicit `?token=` wins over the cookie: another tab may have signed in as someone
+        // else.
+        if allow_query {
+            if let Ok(q) =
+                web::Query::<std::collections::HashMap<String, String>>::from_query(self.query)
+            {
+                if let Some(t) = q.get("token").filter(|t| !t.is_empty()) {
+                    return Some((t.clone(), false));
+                }
+            }
+        }
+        self.cookie(SESSION_COOKIE).map(|c| (c, true))
+    }
+
+    /// Whether `Origin` is this site: the configured public origin (`public`, without a trailing
+    /// slash) or the origin of the `Host` the browser addressed (a foreign page cannot forge either in
+    /// a victim's browser).
+    pub fn same_origin(&self, public: &str) -> bool {
+        let Some(origin) = self.origin else {
+            return false;
+        };
+        if !public.is_empty() && origin.eq_ignore_ascii_case(public) {
+            return true;
+        }
+        // The `Host` header itself, not `connection_info()`: that would believe `X-Forwarded-Host` and
+        // `Forwarded` from any peer.
+        origin.split_once("://").is_some_and(|(scheme, rest)| {
+            (scheme == "http" || scheme == "https")
+                && self
+                    .host
+                    .is_some_and(|host| rest.eq_ignore_ascii_case(host))
+        })
+    }
+}
+
 /// The bearer token of a request, if any.
 pub fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = token.trim();
-    (!token.is_empty()).then(|| token.to_string())
+    RequestParts::of(req).bearer()
 }
 
 /// The staff token of a request: bearer header or session cookie; sockets also accept `?token=`.
 pub fn staff_token(req: &HttpRequest, allow_query: bool) -> Option<(String, bool)> {
-    if let Some(t) = bearer(req) {
-        return Some((t, false));
-    }
-    // A socket's explicit `?token=` wins over the cookie: another tab may have signed in as someone else.
-    if allow_query {
-        let query = req.query_string();
-        if let Ok(q) = web::Query::<std::collections::HashMap<String, String>>::from_query(query) {
-            if let Some(t) = q.get("token").filter(|t| !t.is_empty()) {
-                return Some((t.clone(), false));
-            }
-        }
-    }
-    req.cookie(SESSION_COOKIE)
-        .map(|c| (c.value().to_string(), true))
+    RequestParts::of(req).staff_token(allow_query)
 }
 
 /// A signed-in staff member.
@@ -152,8 +226,18 @@ pub async fn authenticate_staff(req: &HttpRequest, allow_query: bool) -> Result<
     let ctx = req
         .app_data::<web::Data<AppContext>>()
         .ok_or_else(|| ApiError::internal("app context", "missing"))?;
-    let (token, via_cookie) =
-        staff_token(req, allow_query).ok_or_else(ApiError::unauthenticated)?;
+    authenticate_staff_parts(ctx, &RequestParts::of(req), allow_query).await
+}
+
+/// [`authenticate_staff`] from the parts of a request (the lean socket transport has no `HttpRequest`).
+pub async fn authenticate_staff_parts(
+    ctx: &AppContext,
+    parts: &RequestParts<'_>,
+    allow_query: bool,
+) -> Result<Staff, ApiError> {
+    let (token, via_cookie) = parts
+        .staff_token(allow_query)
+        .ok_or_else(ApiError::unauthenticated)?;
     let row = staff_from_token(ctx, &token)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
@@ -194,33 +278,13 @@ pub async fn staff_required(
 }
 
 /// Whether the request's `Origin` is this site: the configured public origin or the origin of the
-/// `Host` the browser addressed (a foreign page cannot forge either in a victim's browser).
+/// `Host` the browser addressed (see [`RequestParts::same_origin`]).
 pub fn same_origin(req: &HttpRequest) -> bool {
-    let Some(origin) = req
-        .headers()
-        .get(actix_web::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
     let public = req
         .app_data::<web::Data<AppContext>>()
         .map(|ctx| ctx.settings.public_base_url().to_string())
         .unwrap_or_default();
-    if !public.is_empty() && origin.eq_ignore_ascii_case(&public) {
-        return true;
-    }
-    // The `Host` header itself, not `connection_info()`: that would believe `X-Forwarded-Host` and
-    // `Forwarded` from any peer.
-    let host = req
-        .headers()
-        .get(actix_web::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    origin.split_once("://").is_some_and(|(scheme, rest)| {
-        (scheme == "http" || scheme == "https")
-            && host.is_some_and(|host| rest.eq_ignore_ascii_case(host))
-    })
+    RequestParts::of(req).same_origin(&public)
 }
 
 /// CSRF: a state-changing request that relies on the session cookie must come from our own pages.

@@ -48,9 +48,18 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
+    /// `development` (the demo) or `production` (start-up refuses unsafe settings).
+    pub environment: Environment,
     pub host: String,
     pub port: u16,
     pub workers: usize,
@@ -97,17 +106,35 @@ pub struct EngineSettings {
     pub shards: usize,
     pub ring_size: usize,
     pub recent_keys: usize,
+    pub passivate_after_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketSettings {
+    /// Which transport carries sockets: `lean` (the default) or the `actix-ws` reference.
+    #[serde(default)]
+    pub transport: SocketTransport,
     pub ping_interval_s: u64,
     pub idle_timeout_s: u64,
     pub resume_grace_ms: u64,
     pub outbound_queue: usize,
     pub max_frame_bytes: usize,
     pub max_inbound_per_sec: u32,
+}
+
+/// The socket transport under the session actors.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum SocketTransport {
+    /// `scan2order::lean`: sockets are taken off actix-web at accept time; an idle socket holds no
+    /// buffer.
+    #[default]
+    #[serde(rename = "lean")]
+    Lean,
+    /// `scan2order::ws` (actix-ws over actix-web): ~16 KB per idle socket; kept as the reference for
+    /// benchmarks.
+    #[serde(rename = "actix-ws")]
+    ActixWs,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -161,6 +188,8 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// Fraction of requests logged at info (0 = none, 1 = all); server errors are always logged.
+    pub request_sample: f64,
 }
 
 impl Settings {
@@ -217,7 +246,55 @@ impl Settings {
                 "whatsapp.mode = \"cloud\" needs whatsapp.phone_number_id and whatsapp.access_token"
             );
         }
+        if self.http.environment == Environment::Production {
+            let problems = self.production_problems();
+            anyhow::ensure!(
+                problems.is_empty(),
+                "refusing to start: http.environment = \"production\" with unsafe settings:\n  - {}",
+                problems.join("\n  - ")
+            );
+        }
         Ok(())
+    }
+
+    /// What makes these settings unsafe for real guests (empty when they are fine).
+    pub fn production_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.whatsapp.mode == WhatsAppMode::Log {
+            out.push(
+                "whatsapp.mode = \"log\" is the development notifier: it writes one-time codes to the log and \
+                 sends nothing; set mode = \"cloud\" with the Cloud API credentials"
+                    .to_string(),
+            );
+        }
+        if self.whatsapp.access_token.expose().trim().is_empty()
+            || self.whatsapp.access_token.expose().contains("CHANGE-ME")
+        {
+            out.push("whatsapp.access_token is empty or still the example value".to_string());
+        }
+        if self.database.url.expose().contains("CHANGE-ME") {
+            out.push("database.url still holds the example password".to_string());
+        }
+        if !self.http.public_base_url.starts_with("https://") {
+            out.push(format!(
+                "http.public_base_url = {:?}: guests must reach the service over https (cookies are only \
+                 Secure then, and QR codes print this address)",
+                self.http.public_base_url
+            ));
+        }
+        if self.demo.seed_on_start {
+            out.push(
+                "demo.seed_on_start = true would create demo logins with published passwords"
+                    .to_string(),
+            );
+        }
+        if !self.rate_limits.enabled {
+            out.push(
+                "rate_limits.enabled = false leaves one-time codes and logins open to brute force"
+                    .to_string(),
+            );
+        }
+        out
     }
 
     pub fn workers(&self) -> usize {
@@ -265,6 +342,63 @@ mod tests {
         assert_eq!(s.whatsapp.mode, WhatsAppMode::Log);
         assert_eq!(s.http.body_limit_bytes, 64 * 1024);
         assert_eq!(s.auth.otp_max_attempts, 5);
+    }
+
+    fn keys(toml_text: &str) -> std::collections::BTreeSet<String> {
+        let value: config::Value = config::Config::builder()
+            .add_source(config::File::from_str(toml_text, config::FileFormat::Toml))
+            .build()
+            .expect("parses")
+            .cache;
+        let mut out = std::collections::BTreeSet::new();
+        if let Ok(sections) = value.into_table() {
+            for (section, v) in sections {
+                if let Ok(table) = v.into_table() {
+                    for key in table.keys() {
+                        out.insert(format!("{section}.{key}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_production_example_documents_every_setting_and_passes_the_production_check() {
+        let example = include_str!("../config/production.example.toml");
+        assert_eq!(
+            keys(example),
+            keys(DEFAULT_TOML),
+            "production.example.toml and default.toml differ in keys"
+        );
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(example, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("the example deserialises into Settings");
+        let problems = settings.production_problems();
+        // Only the placeholders the operator must fill in are left.
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("access_token")));
+        assert!(problems.iter().any(|p| p.contains("database.url")));
+    }
+
+    #[test]
+    fn production_refuses_the_development_notifier_http_and_demo_logins() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.http.environment = Environment::Production;
+        let err = s
+            .validate()
+            .expect_err("unsafe production settings are refused")
+            .to_string();
+        for needle in [
+            "whatsapp.mode",
+            "https",
+            "demo.seed_on_start",
+            "access_token",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
     }
 
     #[test]

@@ -81,9 +81,38 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
 /// `field: what is wrong`, the field as a path into the value (`items[0].quantity`); `whole` when the
 /// value as a whole is wrong.
 fn describe<E: std::fmt::Display>(whole: &str, e: &serde_path_to_error::Error<E>) -> String {
-    let path = e.path().to_string();
-    let field = if path == "." { whole } else { path.as_str() };
-    format!("{field}: {}", without_type_names(&e.inner().to_string()))
+    format!(
+        "{}: {}",
+        field_name(whole, e.path()),
+        without_type_names(&e.inner().to_string())
+    )
+}
+
+/// The path as far as it is made of plain names and indexes; a key a client made up (empty, `%`, a
+/// sentence) ends it there, since the message quotes such a key anyway.
+fn field_name(whole: &str, path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let plain = |k: &str| {
+        !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } if plain(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            _ => break,
+        }
+    }
+    if out.is_empty() {
+        whole.to_string()
+    } else {
+        out
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +150,8 @@ mod tests {
             "items[0].price_cents: unknown field `price_cents`, expected `quantity`"
         );
         assert_eq!(refusal(r#"{}"#), "body: missing field `items`");
+        assert!(refusal(r#"{"items":[],"":1}"#).starts_with("body: unknown field ``"));
+        assert!(refusal(r#"{"items":[{"a b":1}]}"#).starts_with("items[0]: unknown field `a b`"));
         assert_eq!(
             refusal(r#""x""#),
             r#"body: invalid type: string "x", expected a JSON object"#

@@ -8,7 +8,8 @@
 //! - [`routes`]: the REST and socket endpoints of PROTOCOL.md, with [`auth`] extractors and [`error`]
 //!   mapping every failure to `{"error", "message"}`;
 //! - [`limits`]: tiered rate limits and the client address they key on;
-//! - [`ws`]: the socket transport under the session actors;
+//! - [`lean`]: the socket transport under the session actors (own acceptor; an idle socket holds no
+//!   buffer), and [`ws`]: the actix-ws reference transport;
 //! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
 //! - [`qr`]: table QR codes (SVG, PNG) and the printable sheet;
 //! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data;
@@ -22,11 +23,14 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod lean;
 pub mod limits;
 pub mod load_tokens;
+pub mod metrics;
 pub mod qr;
 pub mod routes;
 pub mod seed;
+pub mod shards_report;
 pub mod startup;
 pub mod telemetry;
 pub mod whatsapp;

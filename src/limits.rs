@@ -129,15 +129,26 @@ impl RateLimits {
 
     /// The client address of a request (see the module doc for `X-Forwarded-For`).
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok());
+        self.client_ip_from(req.peer_addr()?.ip(), forwarded)
+    }
+
+    /// The client address from the socket peer and the `X-Forwarded-For` headers (the lean socket
+    /// transport has no `HttpRequest`).
+    pub fn client_ip_from<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded: impl Iterator<Item = &'a str>,
+    ) -> Option<IpAddr> {
         // `to_canonical`: a dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`.
-        let peer = req.peer_addr()?.ip().to_canonical();
+        let peer = peer.to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let entries: Vec<&str> = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
+        let entries: Vec<&str> = forwarded
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .collect();
@@ -177,6 +188,7 @@ impl RateLimits {
             .map_err(|not_until| {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 tracing::info!(tier = tier.as_str(), "rate limited");
+                metrics::counter!("s2o_rate_limited_total", "tier" => tier.as_str()).increment(1);
                 ApiError::rate_limited(wait.as_secs() + 1)
             })
     }

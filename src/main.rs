@@ -35,6 +35,18 @@ enum Command {
         #[arg(long)]
         username: String,
     },
+    /// Show each shard's load (restaurants, mailbox depth, messages/s, p99) and the busiest restaurants
+    /// of a running server. The admin token comes from --token or SCAN2ORDER_TOKEN.
+    Shards {
+        /// The server's base URL (default: http://{http.host}:{http.port}).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "SCAN2ORDER_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print the raw JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator tool for load tests only: mint N customer sessions (test phones +999…) into FILE.
     LoadTokens {
         #[arg(long)]
@@ -59,6 +71,11 @@ fn main() -> anyhow::Result<()> {
             system.block_on(scan2order::startup::create_admin(
                 settings, username, password,
             ))
+        }
+        Command::Shards { url, token, json } => {
+            let url = url
+                .unwrap_or_else(|| format!("http://{}:{}", settings.http.host, settings.http.port));
+            system.block_on(scan2order::shards_report::run(&url, &token, json))
         }
         Command::LoadTokens { count, out } => {
             system.block_on(scan2order::load_tokens::run(settings, count, &out))

@@ -68,8 +68,9 @@ pub fn sheet(restaurant: &str, tables: &[(String, String)]) -> ApiResult<String>
     html.push_str("<link rel=\"stylesheet\" href=\"/static/qr-sheet.css\"></head><body>");
     html.push_str(&format!(
         "<header class=\"screen-only\"><h1>{name}: table QR codes</h1>\
-         <p>{} tables. Print this page (one card per table); cut along the dotted lines.</p></header>",
-        tables.len()
+         <p>{} {}. Print this page (one card per table); cut along the dotted lines.</p></header>",
+        tables.len(),
+        if tables.len() == 1 { "table" } else { "tables" }
     ));
     html.push_str("<main class=\"sheet\">");
     for (label, url) in tables {

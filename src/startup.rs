@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::{from_fn, DefaultHeaders};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use scan2order_actors::notifier::NotifierActor;
 use scan2order_actors::restaurant::RestaurantConfig;
 use scan2order_actors::shard::{EngineSettings, ShardSupervisor};
@@ -18,7 +20,7 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::context::AppContext;
 use crate::limits::{self, RateLimits};
-use crate::{db, error, routes, seed, whatsapp};
+use crate::{db, error, lean, routes, seed, whatsapp};
 
 /// How long in-flight requests get to finish once shutdown has begun.
 const SHUTDOWN_GRACE_S: u64 = 10;
@@ -55,6 +57,7 @@ impl Application {
                 }
             }
         }
+        crate::metrics::handle();
         let outbox_wake = Arc::new(Notify::new());
         let engine = ShardSupervisor::start(
             pool.clone(),
@@ -64,6 +67,7 @@ impl Application {
                 restaurant: RestaurantConfig {
                     ring_size: settings.engine.ring_size,
                     recent_keys: settings.engine.recent_keys,
+                    passivate_after: Duration::from_secs(settings.engine.passivate_after_s),
                 },
             },
             outbox_wake.clone(),
@@ -92,37 +96,65 @@ impl Application {
         let port = listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;
         let app_ctx = ctx.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(limits::limit))
-                .wrap(
-                    DefaultHeaders::new()
-                        .add((
-                            "Content-Security-Policy",
-                            routes::pages::CONTENT_SECURITY_POLICY,
-                        ))
-                        .add(("X-Content-Type-Options", "nosniff"))
-                        .add(("Referrer-Policy", "no-referrer"))
-                        .add(("X-Frame-Options", "DENY")),
-                )
-                .app_data(web::Data::new(app_ctx.clone()))
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(body_limit)
-                        .content_type_required(true)
-                        .error_handler(error::json_error),
-                )
-                .app_data(web::PayloadConfig::default().limit(body_limit))
-                .app_data(web::PathConfig::default().error_handler(error::path_error))
-                .app_data(web::QueryConfig::default().error_handler(error::query_error))
-                .configure(routes::configure)
-                .default_service(web::to(routes::not_found))
-        })
-        .listen(listener)?
-        .workers(settings.workers())
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_S)
-        .run();
+        // Our own acceptor instead of `HttpServer`: each worker routes a connection either to the lean
+        // socket transport or, untouched, to actix-web served by actix-http exactly as `HttpServer`
+        // would (see `crate::lean`).
+        let builder = Server::build();
+        let shutdown_signal = builder.graceful_shutdown_signal();
+        let transport = settings.sockets.transport;
+        let local_addr = listener.local_addr()?;
+        let server = builder
+            .listen("scan2order", listener, move || {
+                let app = App::new()
+                    .wrap(from_fn(limits::limit))
+                    .wrap(
+                        DefaultHeaders::new()
+                            .add((
+                                "Content-Security-Policy",
+                                routes::pages::CONTENT_SECURITY_POLICY,
+                            ))
+                            .add(("X-Content-Type-Options", "nosniff"))
+                            .add(("Referrer-Policy", "no-referrer"))
+                            .add(("X-Frame-Options", "DENY")),
+                    )
+                    .wrap(from_fn(crate::telemetry::request_span))
+                    .app_data(web::Data::new(app_ctx.clone()))
+                    .app_data(
+                        web::JsonConfig::default()
+                            .limit(body_limit)
+                            .content_type_required(true)
+                            .error_handler(error::json_error),
+                    )
+                    .app_data(web::PayloadConfig::default().limit(body_limit))
+                    .app_data(web::PathConfig::default().error_handler(error::path_error))
+                    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                    .configure(routes::configure)
+                    .default_service(web::to(routes::not_found));
+                let signal = shutdown_signal.clone();
+                let http = HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let signal = signal.clone();
+                        async move { signal.notified().await }
+                    })
+                    .keep_alive(KeepAlive::default())
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .local_addr(local_addr)
+                    // `AppConfig`'s host only feeds URL generation, which nothing here uses.
+                    .finish(map_config(
+                        app.into_factory().map_err(|e: actix_web::Error| {
+                            error::with_security_headers(e.error_response())
+                        }),
+                        |_| AppConfig::default(),
+                    ))
+                    .tcp();
+                lean::service(http, app_ctx.clone(), transport)
+            })?
+            .workers(settings.workers())
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_GRACE_S)
+            .run();
         let handle = AppHandle {
             server: server.handle(),
             ctx,

@@ -1,6 +1,9 @@
-//! The socket transport under the sessions: actix-ws today. It turns the socket into the session seam —
-//! a stream of [`Inbound`] frames and a task draining the session's [`SocketSink`] — and nothing else, so
-//! a leaner transport can replace this file without touching session logic.
+//! The actix-ws socket transport: the reference the lean transport ([`crate::lean`]) is measured against,
+//! and the fallback for `/ws/` requests that reach actix-web (a socket opened on a reused keep-alive
+//! connection, or every socket when `sockets.transport = "actix-ws"`). It turns the socket into the
+//! session seam — a stream of [`Inbound`] frames and a task draining the session's [`SocketSink`] — and
+//! nothing else. It costs ~16 KB per idle socket: actix-http keeps its two 8 KiB connection buffers for
+//! an upgraded connection.
 
 use std::time::Duration;
 
@@ -8,33 +11,14 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use futures_util::StreamExt;
-use scan2order_actors::restaurant::{Audience, RestaurantActor};
-use scan2order_actors::session::{Inbound, SessionSettings, SocketSession};
+use scan2order_actors::session::{Inbound, SocketSession};
 use scan2order_actors::sink::{Outgoing, SinkReceiver, SocketSink};
-use scan2order_schema::domain::StaffId;
 
 use crate::config::SocketSettings;
+use crate::routes::sockets::SessionSpec;
 
 /// How long a close handshake may wait on a socket that does not read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub fn session_settings(s: &SocketSettings) -> SessionSettings {
-    SessionSettings {
-        ping_interval: Duration::from_secs(s.ping_interval_s),
-        idle_timeout: Duration::from_secs(s.idle_timeout_s),
-        resume_grace: Duration::from_millis(s.resume_grace_ms),
-        max_inbound_per_sec: s.max_inbound_per_sec,
-    }
-}
-
-/// Everything a new session needs besides the socket.
-pub struct SessionSpec {
-    pub restaurant: Addr<RestaurantActor>,
-    pub audience: Audience,
-    pub table_token: Option<String>,
-    pub staff: Option<StaffId>,
-    pub resume: Option<(String, u64)>,
-}
 
 /// Upgrades the request and starts a session actor on this worker.
 pub fn start_session(
@@ -52,18 +36,10 @@ pub fn start_session(
         .max_continuation_size(max)
         .map(to_inbound);
     actix_web::rt::spawn(write_loop(session, rx));
-    let session_settings = session_settings(settings);
+    let settings = settings.clone();
     SocketSession::create(move |ctx| {
         ctx.add_stream(inbound);
-        SocketSession::new(
-            spec.restaurant,
-            spec.audience,
-            spec.table_token,
-            spec.staff,
-            sink,
-            spec.resume,
-            session_settings,
-        )
+        spec.into_session(sink, &settings)
     });
     Ok(response)
 }
@@ -108,18 +84,17 @@ async fn close(session: actix_ws::Session, code: u16) {
 
 /// Drains the sink into the socket until the sink is dropped or a close is requested.
 async fn write_loop(mut session: actix_ws::Session, rx: SinkReceiver) {
-    let SinkReceiver { mut frames, signal } = rx;
     loop {
         let frame = tokio::select! {
             biased;
-            code = signal.wait() => return close(session, code).await,
-            frame = frames.recv() => frame,
+            code = rx.closed() => return close(session, code).await,
+            frame = rx.recv() => frame,
         };
         let sent = match frame {
             None => return close(session, u16::from(CloseCode::Normal)).await,
             Some(Outgoing::Text(text)) => tokio::select! {
                 biased;
-                code = signal.wait() => return close(session, code).await,
+                code = rx.closed() => return close(session, code).await,
                 r = session.text(text) => r,
             },
             Some(Outgoing::Ping) => session.ping(b"").await,

@@ -28,6 +28,8 @@ pub const CLAIM_LEASE: Duration = Duration::from_secs(120);
 /// Backoff bounds for retried messages.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often the outbox backlog gauge is refreshed.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// After this many attempts a message is recorded as failed.
 pub const MAX_ATTEMPTS: i32 = 25;
 
@@ -152,7 +154,16 @@ impl Actor for NotifierActor {
         let wake = self.wake.clone();
         let poll_every = self.poll_every;
         ctx.spawn(actix::fut::wrap_future(async move {
+            let mut measured = std::time::Instant::now() - BACKLOG_EVERY;
             loop {
+                if measured.elapsed() >= BACKLOG_EVERY {
+                    measured = std::time::Instant::now();
+                    if let Ok(mut conn) = pool.get().await {
+                        if let Ok(backlog) = OutboxRow::backlog(&mut conn).await {
+                            metrics::gauge!("s2o_outbox_backlog").set(backlog as f64);
+                        }
+                    }
+                }
                 let claimed = match drain_once(&pool, sender.as_ref(), &templates).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -190,6 +201,9 @@ async fn drain_once(
             .map_err(|e| e.to_string())?
     };
     let n = rows.len();
+    if n == 0 {
+        return Ok(0);
+    }
     let results: Vec<(OutboxRow, SendOutcome)> = stream::iter(rows)
         .map(|row| async move {
             let outcome = match build_message(&row, templates) {
@@ -203,6 +217,13 @@ async fn drain_once(
         .await;
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     for (row, outcome) in results {
+        let result = match &outcome {
+            SendOutcome::Sent => "sent",
+            SendOutcome::Retry { .. } => "retry",
+            SendOutcome::Failed(_) => "failed",
+        };
+        metrics::counter!("s2o_whatsapp_sends_total", "kind" => "order", "result" => result)
+            .increment(1);
         let now = Utc::now();
         let r = match outcome {
             SendOutcome::Sent => OutboxRow::mark_sent(&mut conn, row.id, now).await,

@@ -10,6 +10,7 @@
 //! socket sessions (subscribe, resume, set status), always through the shard registry.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -44,6 +45,8 @@ pub struct RestaurantConfig {
     /// Idempotency keys remembered in memory per restaurant (older ones are found by the database's
     /// unique constraint).
     pub recent_keys: usize,
+    /// A restaurant with no sockets and no live orders for this long stops and frees its memory.
+    pub passivate_after: Duration,
 }
 
 impl Default for RestaurantConfig {
@@ -51,9 +54,13 @@ impl Default for RestaurantConfig {
         RestaurantConfig {
             ring_size: 4096,
             recent_keys: 4096,
+            passivate_after: Duration::from_secs(600),
         }
     }
 }
+
+/// Called by a restaurant that passivates, with its table tokens, so the registry forgets it.
+pub type PassivateHook = Box<dyn FnOnce(Vec<String>) + Send>;
 
 /// What went wrong with a request to a restaurant. Mapped to HTTP and socket errors in one place
 /// (`scan2order::error`).
@@ -136,6 +143,13 @@ pub struct RestaurantActor {
     writer: Addr<PersistenceWriter>,
     pool: DbPool,
     config: RestaurantConfig,
+    /// When the restaurant last handled a request (for passivation).
+    last_used: Instant,
+    /// Requests handled since activation.
+    handled: u64,
+    /// Idleness checks made (operators and tests see passivation is being considered).
+    idle_checks: u64,
+    on_passivate: Option<PassivateHook>,
 }
 
 /// Everything an actor starts from, read from Postgres at activation.
@@ -252,6 +266,10 @@ impl RestaurantActor {
             writer,
             pool,
             config,
+            last_used: Instant::now(),
+            handled: 0,
+            idle_checks: 0,
+            on_passivate: None,
         };
         actor.render_menu();
         actor
@@ -259,6 +277,26 @@ impl RestaurantActor {
 
     pub fn id(&self) -> RestaurantId {
         self.id
+    }
+
+    /// What to call when this restaurant stops for idleness.
+    pub fn with_passivate_hook(mut self, hook: PassivateHook) -> Self {
+        self.on_passivate = Some(hook);
+        self
+    }
+
+    /// Marks a request handled (for passivation and the busiest-restaurant figures).
+    fn touch(&mut self) {
+        self.last_used = Instant::now();
+        self.handled += 1;
+    }
+
+    fn idle(&self) -> bool {
+        self.kitchen.is_empty()
+            && self.table_subs.is_empty()
+            && self.live.is_empty()
+            && self.pending_keys.is_empty()
+            && self.last_used.elapsed() >= self.config.passivate_after
     }
 
     /// Re-renders the cached JSON served to guests; called after every menu or flag change.
@@ -567,14 +605,36 @@ fn check_note(field: &str, note: Option<&str>) -> Result<String, EngineError> {
 impl Actor for RestaurantActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every =
+            (self.config.passivate_after / 4).clamp(PASSIVATION_CHECK_MIN, PASSIVATION_CHECK_MAX);
+        ctx.run_interval(every, |act, ctx| {
+            act.idle_checks += 1;
+            if act.idle() {
+                tracing::info!(restaurant_id = %act.id, "restaurant idle; passivating");
+                if let Some(hook) = act.on_passivate.take() {
+                    hook(act.tables.values().map(|t| t.token.clone()).collect());
+                }
+                ctx.stop();
+            }
+        });
         tracing::info!(restaurant_id = %self.id, epoch = %self.epoch, live = self.live.len(), "restaurant active");
     }
 }
 
+/// Counts an order the engine refused, by protocol code.
+fn count_refusal(e: &EngineError) {
+    let (code, _) = crate::session::engine_error_code(e);
+    metrics::counter!("s2o_orders_refused_total", "reason" => code).increment(1);
+}
+
+/// Bounds of how often a restaurant checks whether it is idle.
+const PASSIVATION_CHECK_MIN: Duration = Duration::from_millis(100);
+const PASSIVATION_CHECK_MAX: Duration = Duration::from_secs(60);
+
 /// First and longest wait between reads that settle a write of unknown outcome.
-const RECONCILE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
-const RECONCILE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+const RECONCILE_FIRST: Duration = Duration::from_millis(200);
+const RECONCILE_MAX: Duration = Duration::from_secs(10);
 
 impl RestaurantActor {
     /// A write whose commit is unknown (the database went away mid-transaction, or did not answer in
@@ -649,7 +709,7 @@ fn writer_error(e: WriteError) -> EngineError {
 }
 
 /// A guest places an order. Answered after the commit, with the order as stored.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<PlacedOrder, EngineError>")]
 pub struct PlaceOrder {
     pub table_id: TableId,
@@ -664,6 +724,7 @@ impl Handler<PlaceOrder> for RestaurantActor {
     type Result = ResponseActFuture<Self, Result<PlacedOrder, EngineError>>;
 
     fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         let key = msg.idempotency_key.clone();
         let phone = msg.phone.as_str().to_string();
         // A retry while the first attempt is still being written waits for its answer.
@@ -687,9 +748,11 @@ impl Handler<PlaceOrder> for RestaurantActor {
             }
         }
         let now = Utc::now();
+        let started = Instant::now();
         let stored = match self.prepare(&msg, now) {
             Ok(s) => s,
             Err(err) => {
+                count_refusal(&err);
                 // A refused request may still be the retry of an order placed before a restart.
                 let pool = self.pool.clone();
                 let rid = self.id.get();
@@ -738,6 +801,9 @@ impl Handler<PlaceOrder> for RestaurantActor {
                             let order = stored.to_wire(true);
                             act.remember_key(key.clone(), stored.row.id, phone.clone());
                             act.add_live(stored);
+                            metrics::counter!("s2o_orders_placed_total").increment(1);
+                            metrics::histogram!("s2o_order_delivery_seconds")
+                                .record(started.elapsed().as_secs_f64());
                             Ok(PlacedOrder {
                                 order,
                                 created: true,
@@ -757,7 +823,7 @@ impl Handler<PlaceOrder> for RestaurantActor {
 }
 
 /// The kitchen moves an order along. Answered with the order (phone masked) after the commit.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<wire::Order, EngineError>")]
 pub struct ChangeStatus {
     pub order_id: OrderId,
@@ -769,6 +835,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
     type Result = ResponseActFuture<Self, Result<wire::Order, EngineError>>;
 
     fn handle(&mut self, msg: ChangeStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         let id = msg.order_id.get();
         let to = msg.status;
         let Some(live) = self.live.get_mut(&id) else {
@@ -846,6 +913,8 @@ impl Handler<ChangeStatus> for RestaurantActor {
                     if to.is_final() {
                         act.live.shift_remove(&id);
                     }
+                    metrics::counter!("s2o_status_changes_total", "status" => to.as_str())
+                        .increment(1);
                     act.publish(Some(table), |seq| ServerMsg::OrderStatus {
                         seq,
                         order_id: OrderId::from(id),
@@ -860,7 +929,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
 }
 
 /// The kitchen marks a dish sold out or back.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<wire::MenuItemView, EngineError>")]
 pub struct SetAvailability {
     pub item_id: MenuItemId,
@@ -871,6 +940,7 @@ impl Handler<SetAvailability> for RestaurantActor {
     type Result = ResponseActFuture<Self, Result<wire::MenuItemView, EngineError>>;
 
     fn handle(&mut self, msg: SetAvailability, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         let id = msg.item_id.get();
         let Some(item) = self.items.get(&id) else {
             return Box::pin(actix::fut::ready(Err(EngineError::NotFound)));
@@ -920,7 +990,7 @@ impl Handler<SetAvailability> for RestaurantActor {
 }
 
 /// The kitchen pauses or resumes ordering.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<RestaurantKitchen, EngineError>")]
 pub struct SetAccepting {
     pub accepting: bool,
@@ -930,6 +1000,7 @@ impl Handler<SetAccepting> for RestaurantActor {
     type Result = ResponseActFuture<Self, Result<RestaurantKitchen, EngineError>>;
 
     fn handle(&mut self, msg: SetAccepting, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         if self.info.accepting_orders == msg.accepting {
             return Box::pin(actix::fut::ready(Ok(self.kitchen_view())));
         }
@@ -965,7 +1036,7 @@ impl Handler<SetAccepting> for RestaurantActor {
 }
 
 /// The guest menu of one table, served from memory: JSON body and `ETag`.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<TableMenuAnswer, EngineError>")]
 pub struct GetTableMenu {
     pub table_id: TableId,
@@ -981,6 +1052,7 @@ impl Handler<GetTableMenu> for RestaurantActor {
     type Result = Result<TableMenuAnswer, EngineError>;
 
     fn handle(&mut self, msg: GetTableMenu, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         let table = self
             .table_for(msg.table_id, &msg.table_token)
             .ok_or(EngineError::NotFound)?;
@@ -1006,7 +1078,7 @@ impl Handler<GetTableMenu> for RestaurantActor {
 }
 
 /// The restaurant as its kitchen sees it, with the full menu (extension for the kitchen display).
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "String")]
 pub struct GetKitchenInfo;
 
@@ -1024,7 +1096,7 @@ impl Handler<GetKitchenInfo> for RestaurantActor {
 }
 
 /// The kitchen's live orders, oldest first, phones masked.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Vec<wire::Order>")]
 pub struct GetLiveOrders;
 
@@ -1071,6 +1143,7 @@ impl Handler<Subscribe> for RestaurantActor {
     type Result = Result<u64, EngineError>;
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         if let Audience::Table(t) = msg.audience {
             let token = msg.table_token.as_deref().unwrap_or_default();
             if self.table_for(t, token).is_none() {
@@ -1111,6 +1184,8 @@ impl Handler<Subscribe> for RestaurantActor {
                     epoch: self.epoch.clone(),
                     seq: self.seq,
                     orders: self.snapshot_orders(msg.audience),
+                    menu_version: Some(self.info.menu_version.to_string()),
+                    accepting_orders: Some(self.info.accepting_orders),
                 };
                 let text =
                     serde_json::to_string(&snapshot).map_err(|_| EngineError::Unavailable)?;
@@ -1191,18 +1266,24 @@ impl Handler<CloseAll> for RestaurantActor {
 }
 
 /// Counts for operators and tests.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "RestaurantStats")]
 pub struct GetStats;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RestaurantStats {
     pub restaurant_id: RestaurantId,
+    /// Filled in by the shard supervisor.
+    pub shard: usize,
     pub epoch: String,
     pub seq: u64,
     pub live_orders: usize,
     pub kitchen_sockets: usize,
     pub table_sockets: usize,
+    /// Requests handled since activation.
+    pub messages: u64,
+    /// Idleness checks made since activation.
+    pub idle_checks: u64,
 }
 
 impl Handler<GetStats> for RestaurantActor {
@@ -1211,11 +1292,14 @@ impl Handler<GetStats> for RestaurantActor {
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(RestaurantStats {
             restaurant_id: self.id,
+            shard: 0,
             epoch: self.epoch.clone(),
             seq: self.seq,
             live_orders: self.live.len(),
             kitchen_sockets: self.kitchen.len(),
             table_sockets: self.table_subs.values().map(HashMap::len).sum(),
+            messages: self.handled,
+            idle_checks: self.idle_checks,
         })
     }
 }
@@ -1247,7 +1331,7 @@ impl Handler<CloseStaffSockets> for RestaurantActor {
 }
 
 /// An admin change applied by the owner of the restaurant.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<AdminApplied, AdminError>")]
 pub struct ApplyAdminChange(pub AdminChange);
 
@@ -1270,6 +1354,7 @@ impl Handler<ApplyAdminChange> for RestaurantActor {
     type Result = ResponseActFuture<Self, Result<AdminApplied, AdminError>>;
 
     fn handle(&mut self, msg: ApplyAdminChange, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
         let pool = self.pool.clone();
         let rid = self.id.get();
         Box::pin(
@@ -1360,5 +1445,20 @@ impl RestaurantActor {
             self.publish(None, |seq| ServerMsg::Menu { seq, version });
         }
         (dead, added)
+    }
+}
+
+/// Makes the actor panic inside a handler, as a bug would (restart tests only).
+#[cfg(feature = "fault-injection")]
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectPanic> for RestaurantActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Context<Self>) {
+        panic!("injected fault in restaurant {}", self.id);
     }
 }

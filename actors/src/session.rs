@@ -210,6 +210,13 @@ impl SocketSession {
         }
     }
 
+    fn kind(&self) -> &'static str {
+        match self.audience {
+            Audience::Kitchen => "kitchen",
+            Audience::Table(_) => "table",
+        }
+    }
+
     /// Counts an inbound message; false once the client sends faster than allowed.
     fn within_rate(&mut self) -> bool {
         let now = Instant::now();
@@ -239,6 +246,8 @@ impl Actor for SocketSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics::gauge!("s2o_sockets", "kind" => self.kind()).increment(1.0);
+        metrics::counter!("s2o_socket_connects_total", "kind" => self.kind()).increment(1);
         if self.resume.is_some() {
             self.subscribe(ctx, true);
         } else {
@@ -252,6 +261,11 @@ impl Actor for SocketSession {
         ctx.run_interval(self.settings.ping_interval, |act, ctx| {
             if act.sink.is_closed() {
                 ctx.stop();
+            } else if !act.restaurant.connected() {
+                // The restaurant actor died: it comes back under a new epoch; reconnecting gets a
+                // fresh snapshot from it.
+                act.sink.close(close_code::GOING_AWAY);
+                ctx.stop();
             } else if act.last_heard.elapsed() > act.settings.idle_timeout {
                 act.sink.close(close_code::GOING_AWAY);
                 ctx.stop();
@@ -262,6 +276,8 @@ impl Actor for SocketSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        metrics::gauge!("s2o_sockets", "kind" => self.kind()).decrement(1.0);
+        metrics::counter!("s2o_socket_disconnects_total", "kind" => self.kind()).increment(1);
         if let Some(id) = self.subscription.take() {
             self.restaurant.do_send(Unsubscribe {
                 id,

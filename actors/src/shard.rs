@@ -8,7 +8,7 @@
 //! Handlers reach restaurants only through [`ShardSupervisor::restaurant`] and
 //! [`ShardSupervisor::resolve_table`], the seam where a remote (cluster) address can slot in later.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +20,20 @@ use scan2order_schema::DbPool;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::restaurant::{
-    CloseAll, EngineError, GetStats, LoadedRestaurant, RestaurantActor, RestaurantConfig,
-    RestaurantStats,
+    CloseAll, EngineError, GetStats, LoadedRestaurant, PassivateHook, RestaurantActor,
+    RestaurantConfig, RestaurantStats,
 };
 use crate::sink::close_code;
 use crate::writer::{Drain, PersistenceWriter, WriterStats};
+
+/// Decrements a shard's in-flight count however the request ends.
+struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Longest accepted table token; anything longer is not one of ours.
 const MAX_TOKEN_LEN: usize = 64;
@@ -43,6 +52,60 @@ struct Shard {
     arbiter: Arbiter,
     writer: Addr<PersistenceWriter>,
     writer_stats: Arc<WriterStats>,
+    /// Requests sent to this shard's restaurants and not answered yet (its mailbox depth).
+    in_flight: AtomicI64,
+    /// Requests answered by this shard's restaurants.
+    handled: AtomicU64,
+    /// How long requests took, in power-of-two microsecond buckets.
+    latency: LatencyBuckets,
+}
+
+/// Bucket `i` counts durations below 2^i microseconds (the last one: everything longer).
+const LATENCY_BUCKETS: usize = 28;
+
+#[derive(Default)]
+struct LatencyBuckets([AtomicU64; LATENCY_BUCKETS]);
+
+impl LatencyBuckets {
+    fn record(&self, elapsed: std::time::Duration) {
+        let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; LATENCY_BUCKETS] {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+}
+
+/// The 99th percentile of the requests counted between two snapshots, in milliseconds (upper bound of
+/// its bucket).
+fn p99_ms(before: &[u64; LATENCY_BUCKETS], now: &[u64; LATENCY_BUCKETS]) -> f64 {
+    let delta: Vec<u64> = now
+        .iter()
+        .zip(before)
+        .map(|(n, b)| n.saturating_sub(*b))
+        .collect();
+    let total: u64 = delta.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let target = (total as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in delta.iter().enumerate() {
+        seen += n;
+        if seen >= target {
+            return (1u64 << i) as f64 / 1000.0;
+        }
+    }
+    (1u64 << (LATENCY_BUCKETS - 1)) as f64 / 1000.0
+}
+
+/// What the previous stats read saw, so rates and percentiles cover the interval since.
+struct StatsMark {
+    at: std::time::Instant,
+    handled: Vec<u64>,
+    latency: Vec<[u64; LATENCY_BUCKETS]>,
 }
 
 /// Where a table token leads.
@@ -59,6 +122,9 @@ struct Inner {
     pool: DbPool,
     settings: EngineSettings,
     activations: AtomicU64,
+    restarts: AtomicU64,
+    passivations: AtomicU64,
+    mark: std::sync::Mutex<Option<StatsMark>>,
 }
 
 /// Cheap to clone; every clone is the same engine.
@@ -72,6 +138,16 @@ pub struct ShardSupervisor {
 pub struct ShardStats {
     pub shard: usize,
     pub restaurants: usize,
+    /// Requests per second since the previous stats read.
+    pub messages_per_s: f64,
+    /// 99th percentile request handling time since the previous stats read (bucket upper bound).
+    pub p99_ms: f64,
+    /// Requests waiting for or being handled by this shard's restaurants.
+    pub mailbox_depth: i64,
+    /// Requests answered by this shard's restaurants since start.
+    pub messages_handled: u64,
+    /// Writes queued at this shard's writer behind the transaction in flight.
+    pub writer_queue: u64,
     pub batches: u64,
     pub writes: u64,
     pub failed_batches: u64,
@@ -103,6 +179,9 @@ impl ShardSupervisor {
                     arbiter,
                     writer,
                     writer_stats,
+                    in_flight: AtomicI64::new(0),
+                    handled: AtomicU64::new(0),
+                    latency: LatencyBuckets::default(),
                 }
             })
             .collect();
@@ -114,6 +193,9 @@ impl ShardSupervisor {
                 pool,
                 settings,
                 activations: AtomicU64::new(0),
+                restarts: AtomicU64::new(0),
+                passivations: AtomicU64::new(0),
+                mark: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -133,6 +215,44 @@ impl ShardSupervisor {
         self.inner.activations.load(Ordering::Relaxed)
     }
 
+    /// Restaurant actors that died (a panic) and were activated again from Postgres.
+    pub fn restarts(&self) -> u64 {
+        self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Restaurant actors stopped for idleness (`engine.passivate_after_s`).
+    pub fn passivations(&self) -> u64 {
+        self.inner.passivations.load(Ordering::Relaxed)
+    }
+
+    /// Sends a message to a restaurant, activating it first if needed, and counts it against the
+    /// restaurant's shard. A restaurant that stopped (passivated) just before the message arrived is
+    /// activated again and asked once more; retries are safe because orders carry idempotency keys.
+    pub async fn ask<M>(&self, id: RestaurantId, msg: M) -> Result<M::Result, EngineError>
+    where
+        M: Message + Send + Clone + 'static,
+        M::Result: Send,
+        RestaurantActor: Handler<M>,
+    {
+        let shard = &self.inner.shards[self.shard_of(id)];
+        shard.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _done = InFlight(&shard.in_flight);
+        let started = std::time::Instant::now();
+        for _ in 0..2 {
+            let addr = self.restaurant(id).await?;
+            match addr.send(msg.clone()).await {
+                Ok(answer) => {
+                    shard.handled.fetch_add(1, Ordering::Relaxed);
+                    shard.latency.record(started.elapsed());
+                    return Ok(answer);
+                }
+                Err(MailboxError::Closed) => continue,
+                Err(MailboxError::Timeout) => return Err(EngineError::Unavailable),
+            }
+        }
+        Err(EngineError::Unavailable)
+    }
+
     /// The restaurant's actor, activating it on first use.
     pub async fn restaurant(&self, id: RestaurantId) -> Result<Addr<RestaurantActor>, EngineError> {
         let cell = match self.inner.registry.get(&id) {
@@ -146,14 +266,23 @@ impl ShardSupervisor {
         };
         if let Some(addr) = cell.get() {
             if !addr.connected() {
-                // The actor died; forget it so the next call activates a fresh one.
-                self.inner
+                // The actor died (a passivated one removes itself first); forget it so the next call
+                // activates a fresh one from Postgres.
+                let removed = self
+                    .inner
                     .registry
                     .remove_if(&id, |_, c| Arc::ptr_eq(c, &cell));
+                if removed.is_some() {
+                    self.inner.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(restaurant_id = %id, "restaurant actor died; activating it again");
+                }
                 return Box::pin(self.restaurant(id)).await;
             }
         }
-        let result = cell.get_or_try_init(|| self.activate(id)).await.cloned();
+        let result = cell
+            .get_or_try_init(|| self.activate(id, cell.clone()))
+            .await
+            .cloned();
         if result.is_err() {
             self.inner
                 .registry
@@ -162,7 +291,11 @@ impl ShardSupervisor {
         result
     }
 
-    async fn activate(&self, id: RestaurantId) -> Result<Addr<RestaurantActor>, EngineError> {
+    async fn activate(
+        &self,
+        id: RestaurantId,
+        cell: Arc<OnceCell<Addr<RestaurantActor>>>,
+    ) -> Result<Addr<RestaurantActor>, EngineError> {
         let loaded = LoadedRestaurant::load(&self.inner.pool, id)
             .await?
             .ok_or(EngineError::NotFound)?;
@@ -179,8 +312,24 @@ impl ShardSupervisor {
         let writer = shard.writer.clone();
         let pool = self.inner.pool.clone();
         let config = self.inner.settings.restaurant.clone();
+        let weak = Arc::downgrade(&self.inner);
+        let on_passivate: PassivateHook = Box::new(move |tokens: Vec<String>| {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if inner
+                .registry
+                .remove_if(&id, |_, c| Arc::ptr_eq(c, &cell))
+                .is_some()
+            {
+                inner.passivations.fetch_add(1, Ordering::Relaxed);
+            }
+            for t in tokens {
+                inner.tables.remove_if(&t, |_, r| r.restaurant_id == id);
+            }
+        });
         let addr = RestaurantActor::start_in_arbiter(&shard.arbiter.handle(), move |_| {
-            RestaurantActor::new(loaded, writer, pool, config)
+            RestaurantActor::new(loaded, writer, pool, config).with_passivate_hook(on_passivate)
         });
         self.inner.activations.fetch_add(1, Ordering::Relaxed);
         Ok(addr)
@@ -258,14 +407,16 @@ impl ShardSupervisor {
     pub async fn restaurant_stats(&self) -> Vec<RestaurantStats> {
         let mut out = Vec::new();
         for addr in self.active() {
-            if let Ok(s) = addr.send(GetStats).await {
+            if let Ok(mut s) = addr.send(GetStats).await {
+                s.shard = self.shard_of(s.restaurant_id);
                 out.push(s);
             }
         }
         out
     }
 
-    pub fn shard_stats(&self) -> Vec<ShardStats> {
+    /// Per-shard gauges without touching the rate window of [`ShardSupervisor::shard_stats`].
+    pub fn shard_gauges(&self) -> Vec<ShardStats> {
         let mut counts = vec![0usize; self.inner.shards.len()];
         for e in self.inner.registry.iter() {
             if e.value().get().is_some() {
@@ -279,6 +430,67 @@ impl ShardSupervisor {
             .map(|(i, s)| ShardStats {
                 shard: i,
                 restaurants: counts[i],
+                messages_per_s: 0.0,
+                p99_ms: 0.0,
+                mailbox_depth: s.in_flight.load(Ordering::Relaxed),
+                messages_handled: s.handled.load(Ordering::Relaxed),
+                writer_queue: s.writer_stats.queued.load(Ordering::Relaxed),
+                batches: s.writer_stats.batches.load(Ordering::Relaxed),
+                writes: s.writer_stats.ops.load(Ordering::Relaxed),
+                failed_batches: s.writer_stats.failed_batches.load(Ordering::Relaxed),
+                largest_batch: s.writer_stats.largest_batch.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        let now = std::time::Instant::now();
+        let handled: Vec<u64> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.handled.load(Ordering::Relaxed))
+            .collect();
+        let latency: Vec<[u64; LATENCY_BUCKETS]> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.latency.snapshot())
+            .collect();
+        let previous = {
+            let mut mark = self.inner.mark.lock().unwrap_or_else(|e| e.into_inner());
+            mark.replace(StatsMark {
+                at: now,
+                handled: handled.clone(),
+                latency: latency.clone(),
+            })
+        };
+        let mut counts = vec![0usize; self.inner.shards.len()];
+        for e in self.inner.registry.iter() {
+            if e.value().get().is_some() {
+                counts[self.shard_of(*e.key())] += 1;
+            }
+        }
+        self.inner
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ShardStats {
+                shard: i,
+                restaurants: counts[i],
+                messages_per_s: match &previous {
+                    Some(p) if now > p.at => {
+                        handled[i].saturating_sub(p.handled[i]) as f64 / (now - p.at).as_secs_f64()
+                    }
+                    _ => 0.0,
+                },
+                p99_ms: match &previous {
+                    Some(p) => p99_ms(&p.latency[i], &latency[i]),
+                    None => p99_ms(&[0; LATENCY_BUCKETS], &latency[i]),
+                },
+                mailbox_depth: s.in_flight.load(Ordering::Relaxed),
+                messages_handled: s.handled.load(Ordering::Relaxed),
+                writer_queue: s.writer_stats.queued.load(Ordering::Relaxed),
                 batches: s.writer_stats.batches.load(Ordering::Relaxed),
                 writes: s.writer_stats.ops.load(Ordering::Relaxed),
                 failed_batches: s.writer_stats.failed_batches.load(Ordering::Relaxed),

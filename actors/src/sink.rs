@@ -1,17 +1,33 @@
 //! The seam between a session and its socket: a bounded queue of outbound frames and an out-of-band
 //! close signal. Session logic and the restaurant actor only ever see a [`SocketSink`]; the transport under
-//! it (today actix-ws, in `scan2order::ws`) drains the queue. The transport can change without touching them.
+//! it (the lean transport in `scan2order::lean`, or the actix-ws reference in `scan2order::ws`) drains the
+//! queue through its [`SinkReceiver`]. The transport can change without touching them.
+//!
+//! Memory: an idle socket's queue holds no allocation. The queue is a `VecDeque` behind a mutex that is
+//! given back to the allocator whenever the transport drains it, so a sink costs one small shared block
+//! (counts, the close code, the transport's waker) until frames are actually waiting. A frame stays in
+//! the queue until the transport has written it completely, so frames stuck behind a full kernel buffer
+//! count against the bound: a consumer that stops reading fills the queue and is closed with 1013.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
 use bytestring::ByteString;
-use tokio::sync::{mpsc, Notify};
+use futures_util::task::AtomicWaker;
 
 /// WebSocket close codes of PROTOCOL.md.
 pub mod close_code {
+    /// A normal close (the session ended on its own).
+    pub const NORMAL: u16 = 1000;
     /// The server is going away (shutdown).
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (unmasked or malformed frames).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy: bad token, wrong restaurant, rotated table token, flooding.
     pub const POLICY: u16 = 1008;
     /// An inbound message over the frame limit.
@@ -21,7 +37,7 @@ pub mod close_code {
 }
 
 /// One outbound frame.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Outgoing {
     /// A JSON text message; the bytes are shared between every subscriber of an event.
     Text(ByteString),
@@ -43,63 +59,83 @@ pub enum SinkError {
     Closed,
 }
 
-/// Shared between the sink and the transport: asks the transport to close with a code, even when the
-/// outbound queue is full.
-#[derive(Debug, Default)]
-pub struct CloseSignal {
-    code: AtomicU16,
-    requested: AtomicBool,
-    notify: Notify,
+/// State shared by every clone of a sink and its receiver.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Live [`SocketSink`] clones; the transport closes the socket once none is left.
+    senders: AtomicUsize,
+    /// 0 while open; then the close code asked for (the first one wins).
+    close_code: AtomicU16,
+    /// The transport's task: woken when a frame is queued, a close is asked for or the last sender goes.
+    waker: AtomicWaker,
+    capacity: usize,
 }
 
-impl CloseSignal {
-    /// Requests a close; the first code wins.
-    pub fn close(&self, code: u16) {
-        if !self.requested.swap(true, Ordering::AcqRel) {
-            self.code.store(code, Ordering::Release);
-            self.notify.notify_one();
+#[derive(Debug)]
+struct Queue {
+    /// Frames not yet completely written to the socket, oldest first. Empty means unallocated.
+    frames: VecDeque<Outgoing>,
+    /// False once the transport dropped its receiver (the socket is gone).
+    receiver: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock leaves the queue consistent (every operation on it is a
+        // single VecDeque call), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self, code: u16) {
+        let code = if code == 0 { close_code::NORMAL } else { code };
+        if self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.waker.wake();
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.requested.load(Ordering::Acquire)
-    }
-
-    /// Waits until a close is requested and returns its code.
-    pub async fn wait(&self) -> u16 {
-        loop {
-            if self.is_closed() {
-                return self.code.load(Ordering::Acquire);
-            }
-            self.notify.notified().await;
+    fn close_requested(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
         }
     }
 }
 
 /// The sending half a session and the restaurant actor use. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SocketSink {
-    tx: mpsc::Sender<Outgoing>,
-    signal: Arc<CloseSignal>,
+    shared: Arc<Shared>,
 }
 
 /// The transport's half: the queue to drain and the close signal to watch.
+#[derive(Debug)]
 pub struct SinkReceiver {
-    pub frames: mpsc::Receiver<Outgoing>,
-    pub signal: Arc<CloseSignal>,
+    shared: Arc<Shared>,
 }
 
 impl SocketSink {
     /// A sink holding at most `capacity` frames not yet written to the socket.
     pub fn channel(capacity: usize) -> (SocketSink, SinkReceiver) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let signal = Arc::new(CloseSignal::default());
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                receiver: true,
+            }),
+            senders: AtomicUsize::new(1),
+            close_code: AtomicU16::new(0),
+            waker: AtomicWaker::new(),
+            capacity: capacity.max(1),
+        });
         (
             SocketSink {
-                tx,
-                signal: signal.clone(),
+                shared: shared.clone(),
             },
-            SinkReceiver { frames: rx, signal },
+            SinkReceiver { shared },
         )
     }
 
@@ -109,31 +145,156 @@ impl SocketSink {
     }
 
     pub fn push(&self, frame: Outgoing) -> Result<(), SinkError> {
-        if self.signal.is_closed() {
+        if self.shared.close_requested().is_some() {
             return Err(SinkError::Closed);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.signal.close(close_code::SLOW_CONSUMER);
-                Err(SinkError::Full)
+        {
+            let mut q = self.shared.lock();
+            if !q.receiver {
+                return Err(SinkError::Closed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkError::Closed),
+            if q.frames.len() >= self.shared.capacity {
+                drop(q);
+                self.shared.close(close_code::SLOW_CONSUMER);
+                return Err(SinkError::Full);
+            }
+            if q.frames.capacity() == 0 {
+                // Most sockets hold one frame at a time: start with room for exactly one.
+                q.frames.reserve_exact(1);
+            }
+            q.frames.push_back(frame);
         }
+        self.shared.waker.wake();
+        Ok(())
     }
 
     /// How many more frames fit in the queue right now.
     pub fn room(&self) -> usize {
-        self.tx.capacity()
+        self.shared
+            .capacity
+            .saturating_sub(self.shared.lock().frames.len())
     }
 
     /// Asks the transport to close the socket with `code`.
     pub fn close(&self, code: u16) {
-        self.signal.close(code);
+        self.shared.close(code);
     }
 
     pub fn is_closed(&self) -> bool {
-        self.signal.is_closed() || self.tx.is_closed()
+        self.shared.close_requested().is_some() || !self.shared.lock().receiver
+    }
+}
+
+impl Clone for SocketSink {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        SocketSink {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for SocketSink {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.waker.wake();
+        }
+    }
+}
+
+impl SinkReceiver {
+    /// Wakes `waker` when a frame is queued, a close is asked for or the last sender goes away. Register
+    /// before looking at the queue, so nothing that happens in between is missed.
+    pub fn register(&self, waker: &Waker) {
+        self.shared.waker.register(waker);
+    }
+
+    /// The close code asked for, if any.
+    pub fn close_requested(&self) -> Option<u16> {
+        self.shared.close_requested()
+    }
+
+    /// Asks for a close from the transport's side (a protocol error, a frame over the limit), so that
+    /// the session and the restaurant stop queueing frames at once. The first code wins.
+    pub fn close(&self, code: u16) {
+        self.shared.close(code);
+    }
+
+    /// True once every [`SocketSink`] is gone: nobody will queue anything again.
+    pub fn senders_gone(&self) -> bool {
+        self.shared.senders.load(Ordering::Acquire) == 0
+    }
+
+    /// Appends clones of up to `max` frames from the front of the queue to `out` (cheap: text frames
+    /// share their bytes). The frames stay queued until [`SinkReceiver::consume`].
+    pub fn peek(&self, max: usize, out: &mut Vec<Outgoing>) -> usize {
+        let q = self.shared.lock();
+        let n = q.frames.len().min(max);
+        out.extend(q.frames.iter().take(n).cloned());
+        n
+    }
+
+    /// Removes `n` completely written frames from the front; the queue's storage is freed once empty.
+    pub fn consume(&self, n: usize) {
+        let mut q = self.shared.lock();
+        let n = n.min(q.frames.len());
+        q.frames.drain(..n);
+        if q.frames.is_empty() && q.frames.capacity() > 0 {
+            q.frames = VecDeque::new();
+        }
+    }
+
+    /// Frames waiting in the queue.
+    pub fn len(&self) -> usize {
+        self.shared.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next frame; `None` once the queue is empty and every sender is gone.
+    pub async fn recv(&self) -> Option<Outgoing> {
+        poll_fn(|cx| {
+            self.register(cx.waker());
+            let mut q = self.shared.lock();
+            if let Some(frame) = q.frames.pop_front() {
+                if q.frames.is_empty() {
+                    q.frames = VecDeque::new();
+                }
+                return Poll::Ready(Some(frame));
+            }
+            drop(q);
+            if self.senders_gone() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Waits until a close is asked for and returns its code.
+    pub async fn closed(&self) -> u16 {
+        poll_fn(|cx| {
+            self.register(cx.waker());
+            match self.close_requested() {
+                Some(code) => Poll::Ready(code),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for SinkReceiver {
+    fn drop(&mut self) {
+        let frames = {
+            let mut q = self.shared.lock();
+            q.receiver = false;
+            std::mem::take(&mut q.frames)
+        };
+        drop(frames);
     }
 }
 
@@ -147,7 +308,7 @@ mod tests {
         assert!(sink.send_text("a".into()).is_ok());
         assert!(sink.send_text("b".into()).is_ok());
         assert_eq!(sink.send_text("c".into()), Err(SinkError::Full));
-        assert_eq!(rx.signal.wait().await, close_code::SLOW_CONSUMER);
+        assert_eq!(rx.closed().await, close_code::SLOW_CONSUMER);
         assert_eq!(sink.send_text("d".into()), Err(SinkError::Closed));
     }
 
@@ -164,6 +325,57 @@ mod tests {
         let (sink, rx) = SocketSink::channel(2);
         sink.close(close_code::POLICY);
         sink.close(close_code::GOING_AWAY);
-        assert_eq!(rx.signal.wait().await, close_code::POLICY);
+        assert_eq!(rx.closed().await, close_code::POLICY);
+    }
+
+    #[tokio::test]
+    async fn frames_stay_queued_until_consumed_and_count_against_the_bound() {
+        let (sink, rx) = SocketSink::channel(2);
+        assert!(sink.send_text("a".into()).is_ok());
+        assert!(sink.push(Outgoing::Ping).is_ok());
+        let mut batch = Vec::new();
+        assert_eq!(rx.peek(8, &mut batch), 2);
+        assert!(matches!(&batch[0], Outgoing::Text(t) if &**t == "a"));
+        // Peeked but not written: still counted.
+        assert_eq!(sink.room(), 0);
+        rx.consume(1);
+        assert_eq!(sink.room(), 1);
+        rx.consume(1);
+        assert!(rx.is_empty());
+        assert_eq!(
+            rx.shared.lock().frames.capacity(),
+            0,
+            "drained storage is freed"
+        );
+    }
+
+    #[tokio::test]
+    async fn recv_drains_then_ends_when_every_sender_is_gone() {
+        let (sink, rx) = SocketSink::channel(4);
+        let other = sink.clone();
+        assert!(sink.send_text("a".into()).is_ok());
+        drop(sink);
+        assert!(!rx.senders_gone());
+        drop(other);
+        assert!(rx.senders_gone());
+        assert!(matches!(rx.recv().await, Some(Outgoing::Text(_))));
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sink_whose_receiver_is_gone_is_closed() {
+        let (sink, rx) = SocketSink::channel(4);
+        drop(rx);
+        assert!(sink.is_closed());
+        assert_eq!(sink.send_text("a".into()), Err(SinkError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_registered_transport() {
+        let (sink, rx) = SocketSink::channel(4);
+        let waiter = tokio::spawn(async move { rx.recv().await.is_some() });
+        tokio::task::yield_now().await;
+        assert!(sink.push(Outgoing::Ping).is_ok());
+        assert!(waiter.await.expect("join"));
     }
 }

@@ -103,6 +103,8 @@ pub struct WriterStats {
     pub ops: AtomicU64,
     pub failed_batches: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Writes waiting behind the transaction in flight.
+    pub queued: AtomicU64,
 }
 
 type Pending = (WriteOp, oneshot::Sender<Result<WriteOutcome, WriteError>>);
@@ -143,6 +145,9 @@ impl PersistenceWriter {
         }
         let take = self.queue.len().min(MAX_BATCH_OPS);
         let batch: Vec<Pending> = self.queue.drain(..take).collect();
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
         self.in_flight = true;
         let pool = self.pool.clone();
         let timeout = self.timeout;
@@ -157,6 +162,8 @@ impl PersistenceWriter {
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.ops.fetch_add(n, Ordering::Relaxed);
             stats.largest_batch.fetch_max(n, Ordering::Relaxed);
+            metrics::histogram!("s2o_commit_batch_size").record(n as f64);
+            metrics::histogram!("s2o_commit_seconds").record(started.elapsed().as_secs_f64());
             tracing::trace!(
                 ops = n,
                 elapsed_us = started.elapsed().as_micros() as u64,
@@ -194,6 +201,9 @@ impl Handler<Write> for PersistenceWriter {
         if !self.in_flight {
             self.flush(ctx);
         }
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(WriteError::Unavailable("writer stopped".into())))

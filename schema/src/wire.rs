@@ -240,6 +240,13 @@ pub enum ServerMsg {
         epoch: String,
         seq: u64,
         orders: Vec<Order>,
+        /// Extension: the menu version now; a client holding another one fetches the menu again
+        /// (menu and availability events sent before its subscription are not replayed to it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        menu_version: Option<String>,
+        /// Extension: whether the restaurant takes orders now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accepting_orders: Option<bool>,
     },
     OrderCreated {
         seq: u64,

@@ -383,8 +383,7 @@ async fn restaurant_row(ctx: &AppContext, rid: Uuid) -> ApiResult<Restaurant> {
 /// Applies a change through the restaurant's actor and keeps the token directory in step.
 async fn change(ctx: &AppContext, rid: Uuid, change: AdminChange) -> ApiResult<AdminOutcome> {
     let id = RestaurantId::from(rid);
-    let addr = ctx.engine.restaurant(id).await?;
-    let applied = addr.send(ApplyAdminChange(change)).await??;
+    let applied = ctx.engine.ask(id, ApplyAdminChange(change)).await??;
     ctx.engine.forget_tokens(&applied.dead_tokens);
     ctx.engine.remember_tables(id, &applied.new_tables);
     Ok(applied.outcome)
@@ -396,11 +395,20 @@ fn unexpected(outcome: AdminOutcome) -> ApiError {
 
 // ---- restaurants ------------------------------------------------------------------------------
 
+/// How many of the busiest restaurants the shard endpoint lists.
+const BUSIEST_SHOWN: usize = 20;
+
 async fn shards(ctx: web::Data<AppContext>, staff: Staff) -> ApiResult<HttpResponse> {
     staff.require_admin()?;
+    let mut restaurants = ctx.engine.restaurant_stats().await;
+    restaurants.sort_by_key(|r| std::cmp::Reverse(r.messages));
+    restaurants.truncate(BUSIEST_SHOWN);
     Ok(HttpResponse::Ok().json(json!({
         "shards": ctx.engine.shard_stats(),
-        "restaurants": ctx.engine.restaurant_stats().await,
+        "restaurants": restaurants,
+        "activations": ctx.engine.activations(),
+        "restarts": ctx.engine.restarts(),
+        "passivations": ctx.engine.passivations(),
     })))
 }
 

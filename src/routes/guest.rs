@@ -56,12 +56,16 @@ async fn table_menu(
     token: web::Path<String>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let (addr, table) = ctx.engine.resolve_table(&token).await?;
-    let answer = addr
-        .send(GetTableMenu {
-            table_id: table.table_id,
-            table_token: token.into_inner(),
-        })
+    let (_, table) = ctx.engine.resolve_table(&token).await?;
+    let answer = ctx
+        .engine
+        .ask(
+            table.restaurant_id,
+            GetTableMenu {
+                table_id: table.table_id,
+                table_token: token.into_inner(),
+            },
+        )
         .await??;
     let matches = req
         .headers()
@@ -137,7 +141,15 @@ async fn otp_send(
     let sender = ctx.sender.clone();
     actix_web::rt::spawn(async move {
         for attempt in 0..OTP_SEND_TRIES {
-            match sender.send(&msg).await {
+            let outcome = sender.send(&msg).await;
+            let result = match &outcome {
+                SendOutcome::Sent => "sent",
+                SendOutcome::Retry { .. } => "retry",
+                SendOutcome::Failed(_) => "failed",
+            };
+            metrics::counter!("s2o_whatsapp_sends_total", "kind" => "otp", "result" => result)
+                .increment(1);
+            match outcome {
                 SendOutcome::Sent => return,
                 SendOutcome::Failed(reason) => {
                     tracing::warn!(to = ?msg, %reason, "one-time code refused by the API");
@@ -230,7 +242,8 @@ async fn otp_verify(
     }))
 }
 
-fn idempotency_key(req: &HttpRequest) -> ApiResult<String> {
+/// The `Idempotency-Key` header, checked (public for the parser fuzz tests).
+pub fn idempotency_key(req: &HttpRequest) -> ApiResult<String> {
     let raw = req
         .headers()
         .get("Idempotency-Key")
@@ -259,7 +272,7 @@ async fn place_order(
 ) -> ApiResult<HttpResponse> {
     let key = idempotency_key(&req)?;
     let body = body.into_inner();
-    let (addr, table) = ctx
+    let (_, table) = ctx
         .engine
         .resolve_table(&body.table_token)
         .await
@@ -271,15 +284,19 @@ async fn place_order(
             ),
             other => other.into(),
         })?;
-    let placed = addr
-        .send(PlaceOrder {
-            table_id: table.table_id,
-            table_token: body.table_token,
-            phone: customer.phone,
-            idempotency_key: key,
-            lines: body.items,
-            note: body.note,
-        })
+    let placed = ctx
+        .engine
+        .ask(
+            table.restaurant_id,
+            PlaceOrder {
+                table_id: table.table_id,
+                table_token: body.table_token,
+                phone: customer.phone,
+                idempotency_key: key,
+                lines: body.items,
+                note: body.note,
+            },
+        )
         .await??;
     let status = if placed.created {
         StatusCode::CREATED
@@ -310,11 +327,12 @@ struct PageQuery {
     before: Option<String>,
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+pub fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
     format!("{}_{}", at.timestamp_micros(), id.simple())
 }
 
-fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
+/// A `before` cursor as `encode_cursor` made it; `None` for anything else.
+pub fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let (micros, id) = s.split_once('_')?;
     let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
     Some((at, Uuid::parse_str(id).ok()?))

@@ -7,7 +7,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{Duration as ChronoDuration, Utc};
 use scan2order_actors::restaurant::{
-    ChangeStatus, GetKitchenInfo, GetLiveOrders, RestaurantActor, SetAccepting, SetAvailability,
+    ChangeStatus, GetKitchenInfo, GetLiveOrders, SetAccepting, SetAvailability,
 };
 use scan2order_schema::domain::{MenuItemId, OrderId, RestaurantId};
 use scan2order_schema::models::{StaffSession, StaffUserRow};
@@ -155,23 +155,14 @@ pub struct RestaurantQuery {
     pub restaurant_id: Option<RestaurantId>,
 }
 
-async fn kitchen_actor(
-    ctx: &AppContext,
-    staff: &Staff,
-    q: &RestaurantQuery,
-) -> ApiResult<actix::Addr<RestaurantActor>> {
-    let id = staff.kitchen_restaurant(q.restaurant_id)?;
-    Ok(ctx.engine.restaurant(id).await?)
-}
-
 /// `GET /api/v1/kitchen/orders`: live orders, oldest first, phones masked.
 async fn live_orders(
     ctx: web::Data<AppContext>,
     staff: Staff,
     q: Query<RestaurantQuery>,
 ) -> ApiResult<HttpResponse> {
-    let addr = kitchen_actor(&ctx, &staff, &q).await?;
-    let orders = addr.send(GetLiveOrders).await?;
+    let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let orders = ctx.engine.ask(rid, GetLiveOrders).await?;
     Ok(HttpResponse::Ok().json(OrderList { orders }))
 }
 
@@ -181,8 +172,8 @@ async fn kitchen_info(
     staff: Staff,
     q: Query<RestaurantQuery>,
 ) -> ApiResult<HttpResponse> {
-    let addr = kitchen_actor(&ctx, &staff, &q).await?;
-    let body = addr.send(GetKitchenInfo).await?;
+    let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let body = ctx.engine.ask(rid, GetKitchenInfo).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
@@ -196,13 +187,17 @@ async fn set_status(
     q: Query<RestaurantQuery>,
     body: Json<SetStatusRequest>,
 ) -> ApiResult<HttpResponse> {
-    let addr = kitchen_actor(&ctx, &staff, &q).await?;
-    let order = addr
-        .send(ChangeStatus {
-            order_id: *id,
-            status: body.status,
-            by: Some(staff.id),
-        })
+    let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let order = ctx
+        .engine
+        .ask(
+            rid,
+            ChangeStatus {
+                order_id: *id,
+                status: body.status,
+                by: Some(staff.id),
+            },
+        )
         .await??;
     Ok(HttpResponse::Ok().json(order))
 }
@@ -215,12 +210,16 @@ async fn set_available(
     q: Query<RestaurantQuery>,
     body: Json<SetAvailableRequest>,
 ) -> ApiResult<HttpResponse> {
-    let addr = kitchen_actor(&ctx, &staff, &q).await?;
-    let item = addr
-        .send(SetAvailability {
-            item_id: *id,
-            available: body.available,
-        })
+    let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let item = ctx
+        .engine
+        .ask(
+            rid,
+            SetAvailability {
+                item_id: *id,
+                available: body.available,
+            },
+        )
         .await??;
     Ok(HttpResponse::Ok().json(item))
 }
@@ -232,11 +231,15 @@ async fn set_accepting(
     q: Query<RestaurantQuery>,
     body: Json<SetAcceptingRequest>,
 ) -> ApiResult<HttpResponse> {
-    let addr = kitchen_actor(&ctx, &staff, &q).await?;
-    let restaurant = addr
-        .send(SetAccepting {
-            accepting: body.accepting_orders,
-        })
+    let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let restaurant = ctx
+        .engine
+        .ask(
+            rid,
+            SetAccepting {
+                accepting: body.accepting_orders,
+            },
+        )
         .await??;
     Ok(HttpResponse::Ok().json(restaurant))
 }

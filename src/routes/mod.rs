@@ -21,7 +21,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .configure(sockets::configure)
     .configure(pages::configure)
-    .configure(health::configure);
+    .configure(health::configure)
+    .configure(crate::metrics::configure);
 }
 
 pub async fn not_found(_req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -13,6 +13,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::{SinkExt, StreamExt};
 use scan2order::config::{Secret, Settings, WhatsAppMode};
 use scan2order::startup::{AppHandle, Application};
+use scan2order_actors::restaurant::RestaurantStats;
+use scan2order_actors::shard::ShardSupervisor;
 use scan2order_schema::models::{
     MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffUserRow,
 };
@@ -106,7 +108,7 @@ pub async fn fresh_database() -> String {
     name
 }
 
-fn drop_database(name: String) {
+pub fn drop_database(name: String) {
     // Runs from Drop: a thread of its own with its own runtime.
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -158,6 +160,8 @@ impl WaRequest {
 #[derive(Default)]
 struct WaState {
     received: Vec<WaRequest>,
+    /// Every request, scripted failures included.
+    hits: usize,
     /// Statuses to answer with, in order; empty means 200.
     script: VecDeque<u16>,
     /// Shape problems seen in requests (a test asserts this stays empty).
@@ -220,6 +224,7 @@ async fn wa_messages(
     };
     let status = {
         let mut s = state.lock().expect("lock");
+        s.hits += 1;
         let problems = check_shape(&r);
         s.problems.extend(problems);
         let status = s.script.pop_front().unwrap_or(200);
@@ -275,6 +280,11 @@ impl FakeWhatsApp {
 
     pub fn received(&self) -> Vec<WaRequest> {
         self.state.lock().expect("lock").received.clone()
+    }
+
+    /// How many requests arrived, scripted failures included.
+    pub fn hits(&self) -> usize {
+        self.state.lock().expect("lock").hits
     }
 
     pub fn problems(&self) -> Vec<String> {
@@ -348,6 +358,11 @@ pub fn test_settings(db: &str, wa: &FakeWhatsApp) -> Settings {
     s.whatsapp.access_token = Secret::new(WA_ACCESS_TOKEN);
     s.whatsapp.outbox_poll_ms = 200;
     s.sockets.resume_grace_ms = 150;
+    // Every test client is 127.0.0.1: the abuse limits are switched on only by the tests about them.
+    s.rate_limits.enabled = false;
+    // Every test client is 127.0.0.1: per-IP limits would couple unrelated calls. Tests of the limits
+    // turn them back on with `spawn_app_with`.
+    s.rate_limits.enabled = false;
     s
 }
 
@@ -636,15 +651,11 @@ impl TestApp {
         table: &TableFx,
         lines: &[(&ItemFx, i32)],
     ) -> Order {
-        let items: Vec<Value> = lines
-            .iter()
-            .map(|(i, q)| json!({"menu_item_id": i.id, "quantity": q}))
-            .collect();
         let res = self
             .place_order_raw(
                 customer,
                 &Uuid::new_v4().to_string(),
-                &json!({"table_token": table.token, "items": items}),
+                &order_body(table, lines),
             )
             .await;
         let status = res.status();
@@ -663,6 +674,82 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A GET, with a bearer token when given.
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(self.url(path));
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// `PATCH /api/v1/kitchen/menu-items/{item}` `{available}`.
+    pub async fn set_available(
+        &self,
+        chef: &str,
+        item: Uuid,
+        available: bool,
+    ) -> reqwest::Response {
+        self.http
+            .patch(self.url(&format!("/api/v1/kitchen/menu-items/{item}")))
+            .bearer_auth(chef)
+            .json(&json!({"available": available}))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `PATCH /api/v1/kitchen/restaurant` `{accepting_orders}`.
+    pub async fn set_accepting(&self, chef: &str, accepting: bool) -> reqwest::Response {
+        self.http
+            .patch(self.url("/api/v1/kitchen/restaurant"))
+            .bearer_auth(chef)
+            .json(&json!({"accepting_orders": accepting}))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The running engine: registry, activation counter, per-restaurant stats.
+    pub fn engine(&self) -> ShardSupervisor {
+        self.handle
+            .as_ref()
+            .expect("the app is running")
+            .context()
+            .engine
+    }
+
+    /// The counters of a restaurant's actor; `None` while the restaurant is not active.
+    pub async fn restaurant_stats(&self, restaurant: Uuid) -> Option<RestaurantStats> {
+        self.engine()
+            .restaurant_stats()
+            .await
+            .into_iter()
+            .find(|s| s.restaurant_id.get() == restaurant)
+    }
+
+    /// Asserts that a boolean SQL expression over the test database holds now.
+    pub async fn assert_sql(&self, what: &str, condition: &str) {
+        assert!(
+            sql_holds(&mut self.db().await, condition).await,
+            "{what}: {condition}"
+        );
+    }
+
+    /// Waits until a boolean SQL expression over the test database holds: Postgres state as the
+    /// signal, checked every few milliseconds within [`PATIENCE`].
+    pub async fn wait_for_sql(&self, what: &str, condition: &str) {
+        let mut conn = self.db().await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !sql_holds(&mut conn, condition).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {condition}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn kitchen_socket(&self, token: &str, query: &str) -> WsClient {
         WsClient::connect(&self.ws_url(&format!("/ws/kitchen?token={token}{query}"))).await
     }
@@ -670,6 +757,99 @@ impl TestApp {
     pub async fn table_socket(&self, table_token: &str, query: &str) -> WsClient {
         WsClient::connect(&self.ws_url(&format!("/ws/table/{table_token}{query}"))).await
     }
+}
+
+/// Whether a boolean SQL expression holds (NULL counts as false).
+pub async fn sql_holds(conn: &mut AsyncPgConnection, condition: &str) -> bool {
+    #[derive(QueryableByName)]
+    struct Holds {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ok: bool,
+    }
+    let sql = format!("SELECT coalesce(({condition}), false) AS ok");
+    let holds: Holds = diesel::sql_query(&sql)
+        .get_result(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    holds.ok
+}
+
+/// The body of `POST /api/v1/orders` for `(item, quantity)` lines at a table.
+pub fn order_body(table: &TableFx, lines: &[(&ItemFx, i32)]) -> Value {
+    let items: Vec<Value> = lines
+        .iter()
+        .map(|(i, q)| json!({"menu_item_id": i.id, "quantity": q}))
+        .collect();
+    json!({"table_token": table.token, "items": items})
+}
+
+/// Words that would betray SQL, Rust types or crate internals in an answer to a client.
+const INTERNAL_WORDS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "sql",
+    "SQL",
+    "diesel",
+    "postgres",
+    "Postgres",
+    "relation",
+    "constraint",
+    "duplicate key",
+    "panicked",
+    "scan2order",
+    "::",
+    "struct ",
+    "enum ",
+    "Request",
+    "bb8",
+    "actix",
+    "backtrace",
+];
+
+/// Panics when `text` carries SQL, Rust type or crate names.
+pub fn assert_no_internals(text: &str) {
+    for word in INTERNAL_WORDS {
+        assert!(!text.contains(word), "internal detail {word:?} in {text}");
+    }
+}
+
+/// Asserts PROTOCOL.md's error answer: `status`, a `{"error": code, "message": ...}` body (plus
+/// `item_ids` where a conflict names items) and nothing internal in it. Returns the body.
+pub async fn expect_error(res: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = res.status().as_u16();
+    let text = res.text().await.expect("body");
+    assert_eq!(got, status, "status of {text}");
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    let fields = body
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {text}"));
+    for key in fields.keys() {
+        assert!(
+            ["error", "message", "item_ids"].contains(&key.as_str()),
+            "unexpected field {key} in {text}"
+        );
+    }
+    assert_eq!(body["error"], code, "{text}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "an error needs a message: {text}"
+    );
+    assert_no_internals(&text);
+    body
+}
+
+/// [`expect_error`] for 400 `invalid_request`, also checking that the message names `field`.
+pub async fn expect_invalid(res: reqwest::Response, field: &str) -> Value {
+    let body = expect_error(res, 400, "invalid_request").await;
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(field),
+        "the message should name {field}: {message}"
+    );
+    body
 }
 
 type WsStream =
@@ -684,7 +864,7 @@ pub struct WsClient {
 #[derive(Debug, PartialEq)]
 pub enum WsEnd {
     Closed(Option<u16>),
-    Message(ServerMsg),
+    Message(Box<ServerMsg>),
 }
 
 impl WsClient {
@@ -706,31 +886,55 @@ impl WsClient {
             .expect("send");
     }
 
+    /// The next text frame as the server sent it, or the close code, within `wait`; `None` when
+    /// nothing arrived in time.
+    pub async fn next_raw_within(&mut self, wait: Duration) -> Option<Result<String, Option<u16>>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            return Some(match msg {
+                Some(Ok(Message::Text(t))) => Ok(t.to_string()),
+                Some(Ok(Message::Close(frame))) => Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => Err(None),
+            });
+        }
+    }
+
+    /// The next text frame as the server sent it, within [`PATIENCE`]; panics on close.
+    pub async fn next_text(&mut self) -> String {
+        match self.next_raw_within(PATIENCE).await {
+            Some(Ok(text)) => text,
+            Some(Err(code)) => panic!("socket closed ({code:?}) while a message was expected"),
+            None => panic!("socket went quiet"),
+        }
+    }
+
     /// The next JSON message or the close, within [`PATIENCE`].
     pub async fn next_event(&mut self) -> WsEnd {
-        loop {
-            let msg = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("socket went quiet");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    return WsEnd::Message(
-                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")),
-                    )
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return WsEnd::Closed(frame.map(|f| u16::from(f.code)))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return WsEnd::Closed(None),
-            }
+        match self.next_raw_within(PATIENCE).await {
+            Some(Ok(t)) => WsEnd::Message(Box::new(
+                serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")),
+            )),
+            Some(Err(code)) => WsEnd::Closed(code),
+            None => panic!("socket went quiet"),
+        }
+    }
+
+    /// Asserts that nothing arrives for `wait`. Only meaningful after a signal showed that whatever
+    /// could arrive would have been sent by now.
+    pub async fn assert_quiet_for(&mut self, wait: Duration) {
+        if let Some(got) = self.next_raw_within(wait).await {
+            panic!("expected silence, got {got:?}");
         }
     }
 
     /// The next JSON message; panics on close.
     pub async fn next(&mut self) -> ServerMsg {
         match self.next_event().await {
-            WsEnd::Message(m) => m,
+            WsEnd::Message(m) => *m,
             WsEnd::Closed(code) => panic!("socket closed ({code:?}) while a message was expected"),
         }
     }
@@ -742,7 +946,9 @@ impl WsClient {
             other => panic!("expected hello, got {other:?}"),
         }
         match self.next().await {
-            ServerMsg::Snapshot { epoch, seq, orders } => (epoch, seq, orders),
+            ServerMsg::Snapshot {
+                epoch, seq, orders, ..
+            } => (epoch, seq, orders),
             other => panic!("expected snapshot, got {other:?}"),
         }
     }

@@ -2,5 +2,18 @@
 
 mod helpers;
 
+mod admin;
+mod attacks;
+mod concurrency;
+mod durability;
+mod errors;
+mod fuzz;
 mod health;
+mod isolation;
+mod operations;
 mod orders;
+mod otp;
+mod reconcile;
+mod resume;
+mod slow_consumer;
+mod sockets;

@@ -101,8 +101,11 @@ async function signedIn(user) {
     return;
   }
   dom.adminUser.textContent = `Signed in as ${user.username}`;
-  setView('console');
+  // The console appears once the restaurant list is in: shown earlier, a form opened meanwhile (e.g.
+  // "New restaurant") would be rebuilt empty under the person's typing when the list arrives.
+  setView('loading');
   await loadRestaurants();
+  setView('console');
   applyRoute();
 }
 
@@ -411,7 +414,11 @@ function slugify(text) {
 }
 
 function restaurantFields(r, { creating }) {
-  const slug = input({ name: 'slug', required: true, value: r.slug || '', testid: 'restaurant-slug', autocapitalize: 'none', spellcheck: false, pattern: '[a-z0-9]+(-[a-z0-9]+)*' });
+  // The slug is chosen once: PATCH restaurants/{id} does not take it, so when editing it is shown
+  // read-only and never sent.
+  const slug = creating
+    ? input({ name: 'slug', required: true, value: r.slug || '', testid: 'restaurant-slug', autocapitalize: 'none', spellcheck: false, pattern: '[a-z0-9]+(-[a-z0-9]+)*' })
+    : input({ name: 'slug', value: r.slug || '', testid: 'restaurant-slug', readOnly: true, class: 'input input-readonly', spellcheck: false });
   const name = input({ name: 'name', required: true, value: r.name || '', testid: 'restaurant-name-input', maxlength: 120 });
   if (creating) {
     name.addEventListener('input', () => {
@@ -421,7 +428,7 @@ function restaurantFields(r, { creating }) {
   }
   return [
     field('Name', name),
-    field('Slug', slug, 'Lowercase letters, digits and dashes; used in links.'),
+    field('Slug', slug, creating ? 'Lowercase letters, digits and dashes; used in links. It cannot be changed later.' : 'Fixed when the restaurant was created.'),
     h('div', { class: 'form-row' },
       field('Currency', input({ name: 'currency', required: true, value: r.currency || '', testid: 'restaurant-currency', list: 'currency-list', maxlength: 3, autocapitalize: 'characters', spellcheck: false }),
         creating ? 'ISO 4217 code, e.g. EUR.' : 'Prices are kept in minor units; changing the currency does not convert them.'),
@@ -435,17 +442,21 @@ function defaultTimeZone() {
   try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC'; } catch { return 'UTC'; }
 }
 
-function readRestaurantBasics(form) {
+/** Name, currency and time zone of a restaurant form; the slug too when creating (`withSlug`). */
+function readRestaurantBasics(form, { withSlug }) {
   const currency = required(form.elements.currency.value, 'currency', 'Currency').toUpperCase();
   if (!/^[A-Z]{3}$/.test(currency)) throw new FormProblem('Currency must be a three-letter ISO 4217 code, e.g. EUR.', 'currency');
-  const slug = required(form.elements.slug.value, 'slug', 'Slug').toLowerCase();
-  if (!/^[a-z0-9]+(-[a-z0-9]+)*$/.test(slug)) throw new FormProblem('The slug may only contain lowercase letters, digits and single dashes.', 'slug');
-  return {
-    slug,
+  const values = {
     name: required(form.elements.name.value, 'name', 'Name'),
     currency,
     time_zone: required(form.elements.time_zone.value, 'time_zone', 'Time zone'),
   };
+  if (withSlug) {
+    const slug = required(form.elements.slug.value, 'slug', 'Slug').toLowerCase();
+    if (!/^[a-z0-9]+(-[a-z0-9]+)*$/.test(slug)) throw new FormProblem('The slug may only contain lowercase letters, digits and single dashes.', 'slug');
+    return { slug, ...values };
+  }
+  return values;
 }
 
 function newRestaurantForm() {
@@ -458,7 +469,7 @@ function newRestaurantForm() {
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     runForm(form, async () => {
-      const body = readRestaurantBasics(form);
+      const body = readRestaurantBasics(form, { withSlug: true });
       const created = await staff.request('POST', '/api/v1/admin/restaurants', { body });
       replaceRestaurant(created);
       toast(`Created ${created.name}.`, 'ok');
@@ -481,11 +492,16 @@ function settingsTab() {
     formErrorEl(),
     h('div', { class: 'form-actions' },
       h('button', { type: 'submit', class: 'btn btn-primary', testid: 'restaurant-save', text: 'Save changes' })));
+  if (state.loadState === 'loading') {
+    // The fresh copy of the restaurant replaces this form when it arrives: no typing into it until then.
+    for (const el of form.elements) el.disabled = true;
+    form.setAttribute('aria-busy', 'true');
+  }
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     runForm(form, async () => {
       const values = {
-        ...readRestaurantBasics(form),
+        ...readRestaurantBasics(form, { withSlug: false }),
         accepting_orders: form.elements.accepting_orders.checked,
         ticket_warn_after_s: parseIntField(form.elements.ticket_warn_after_s.value, 'ticket_warn_after_s', 'Amber after', { optional: true }),
         ticket_late_after_s: parseIntField(form.elements.ticket_late_after_s.value, 'ticket_late_after_s', 'Red after', { optional: true }),

@@ -602,6 +602,8 @@ export class LiveSocket {
 // Small UI pieces: toasts and confirmation
 // ---------------------------------------------------------------------------
 
+const MAX_TOASTS = 3;
+
 /** Show a transient message in the page's #toasts region. kind: 'info' | 'ok' | 'warn' | 'error'. */
 export function toast(message, kind = 'info', ms = 5000) {
   let region = document.getElementById('toasts');
@@ -611,6 +613,8 @@ export function toast(message, kind = 'info', ms = 5000) {
   }
   const item = h('div', { class: ['toast', `toast-${kind}`], role: kind === 'error' ? 'alert' : 'status', testid: 'toast' }, message);
   region.appendChild(item);
+  // A burst of actions must not bury the page under messages: keep the newest few.
+  while (region.children.length > MAX_TOASTS) region.firstElementChild.remove();
   setTimeout(() => item.remove(), ms);
   return item;
 }

@@ -926,8 +926,11 @@ function handleMessage(msg) {
       state.tableOrders = new Map();
       for (const order of msg.orders || []) upsertTableOrder(order);
       for (const order of state.tableOrders.values()) applyStatus(order.id, order.status, order.updated_at);
-      // A snapshot after a reconnect means events may have been missed: refresh the menu too.
-      if (state.snapshots > 0) loadTable();
+      // Availability and pause events are not in the snapshot: any that happened between loading the
+      // menu and this subscription (the first one, or a reconnect) were missed, so check the menu
+      // again. Its ETag follows every availability change, so the first check is a 304 when nothing
+      // happened; after a reconnect everything is fetched.
+      loadTable({ conditional: state.snapshots === 0 });
       state.snapshots += 1;
       const last = state.lastPlaced;
       if (last && !FINAL_STATUSES.has(last.status) && !state.tableOrders.has(String(last.id))) refreshOrder(last.id);

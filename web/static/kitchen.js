@@ -361,8 +361,9 @@ function handleMessage(msg) {
     case 'snapshot': {
       const cue = state.snapshots > 0;
       replaceTickets(msg.orders || [], cue);
-      // A snapshot after a reconnect means events may have been missed: refresh menu and settings.
-      if (state.snapshots > 0) loadRestaurant();
+      // Menu, availability and pause events are not in the snapshot: any that happened between loading
+      // the restaurant and this subscription (the first one, or a reconnect) were missed. Reload them.
+      loadRestaurant();
       state.snapshots += 1;
       break;
     }
