@@ -1,1 +1,496 @@
-fn main() {}
+//! # scan2order-load
+//!
+//! The load generator for Scan2Order. Scenarios (each a subcommand): `sockets` (idle sockets held),
+//! `orders` (durable orders at a target rate, kitchen sockets listening, a kitchen bot advancing
+//! statuses), `fanout` (one restaurant's sockets, menu toggles), `mixed` (a realistic evening), and
+//! `baseline-server` (a minimal tokio-tungstenite broadcast server, the physical reference for fan-out,
+//! and the fan-out measurement against it).
+//!
+//! It measures connect rate and failures, HTTP latency, event delivery latency from timestamps it
+//! controls, completeness (every event meant for a socket arrived exactly once and in order — see
+//! [`accounting`]), server RSS and CPU from `/proc/<pid>`, and its own memory per socket. Progress once
+//! a second on stderr, a summary at the end, `--json FILE` for machines, non-zero exit when completeness
+//! fails. See `load-tests/README.md`.
+//!
+//! # Layout
+//! - [`ws`]: the lean WebSocket client (no per-socket buffer while idle); [`http`]: a small HTTP/1.1
+//!   client;
+//! - [`setup`]: seed/token files, database-created restaurants, logins and menus → the plan;
+//! - [`worker`]: sockets, order generation, kitchen bot, churn and toggles of one worker;
+//! - [`coord`]: phases, worker processes, progress, merging; [`stats`]: histograms and reports;
+//! - [`accounting`]: the completeness check; [`baseline`]: the reference broadcast server.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use scan2order_schema::domain::OrderStatus;
+
+mod accounting;
+mod baseline;
+mod coord;
+mod http;
+mod setup;
+mod stats;
+mod worker;
+mod ws;
+
+use accounting::Fault;
+use coord::{conclude, CoordOpts, Coordinator};
+use setup::{Plan, RestaurantPlan, SetupArgs, TablePlan, Target};
+use worker::{RunCfg, Scenario, StatusVia};
+
+#[derive(Parser)]
+#[command(
+    name = "scan2order-load",
+    version,
+    about = "Load generator for Scan2Order: sockets, orders, fan-out, a mixed evening, and a baseline server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N idle guest and kitchen sockets over R restaurants and their tables, one event to each, held.
+    Sockets {
+        #[command(flatten)]
+        common: Common,
+        /// Sockets in all (kitchen sockets included).
+        #[arg(long, default_value_t = 1000)]
+        sockets: u64,
+        /// Restaurants used (the first N of the seed / database ones).
+        #[arg(long, default_value_t = 1000)]
+        restaurants: usize,
+        /// Tables used per restaurant (0: all).
+        #[arg(long, default_value_t = 0)]
+        tables: usize,
+        #[arg(long, default_value_t = 1)]
+        kitchen_per_restaurant: u32,
+        /// Seconds to hold the sockets after the event.
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+    },
+    /// Guests place orders at a target rate; kitchen sockets listen; a kitchen bot advances statuses.
+    Orders {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        gen: Generation,
+    },
+    /// N table sockets on one restaurant; events triggered by kitchen menu toggles.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fan: FanoutArgs,
+    },
+    /// A realistic evening: skewed restaurant popularity, socket churn, orders, statuses, sold-out toggles.
+    Mixed {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        gen: Generation,
+        /// Table socket closes (each resumed at once) per second, over all table sockets.
+        #[arg(long, default_value_t = 5.0)]
+        churn_per_s: f64,
+        /// Sold-out toggles (each flipped back 0.5 s later) per second, over all restaurants.
+        #[arg(long, default_value_t = 1.0)]
+        toggles_per_s: f64,
+        /// Popularity of restaurant i is 1/(i+1)^skew.
+        #[arg(long, default_value_t = 1.0)]
+        skew: f64,
+        /// Menu reads (GET /api/v1/tables/{token}) before each order.
+        #[arg(long, default_value_t = 1)]
+        menu_reads_per_order: u32,
+    },
+    /// The reference broadcast server (tokio-tungstenite), and the fan-out measurement against it.
+    BaselineServer {
+        #[command(subcommand)]
+        mode: BaselineMode,
+    },
+    /// (internal) One worker process of `--processes P`.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        job: PathBuf,
+        #[arg(long)]
+        index: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BaselineMode {
+    /// Serve `ws://LISTEN/ws` until killed.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        /// tungstenite read buffer per socket, bytes.
+        #[arg(long, default_value_t = 4096)]
+        read_buffer: usize,
+    },
+    /// The `fanout` measurement against a running baseline server (pass its pid as --server-pid).
+    Fanout {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        addr: SocketAddr,
+        #[command(flatten)]
+        fan: FanoutArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    /// Sockets on the restaurant (one of them the kitchen's).
+    #[arg(long, default_value_t = 1000)]
+    sockets: u64,
+    /// Toggles to measure (made odd so the dish ends as it started).
+    #[arg(long, default_value_t = 9)]
+    events: u32,
+    /// Pause between toggles, ms.
+    #[arg(long, default_value_t = 200)]
+    event_interval_ms: u64,
+}
+
+#[derive(Args, Clone)]
+struct Generation {
+    /// Orders per second, over all workers.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of order generation.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 1000)]
+    restaurants: usize,
+    /// Tables used per restaurant (0: all).
+    #[arg(long, default_value_t = 0)]
+    tables: usize,
+    #[arg(long, default_value_t = 1)]
+    kitchen_per_restaurant: u32,
+    #[arg(long, default_value_t = 1)]
+    table_sockets_per_table: u32,
+    /// Statuses the kitchen bot walks each order through, comma-separated (empty: none).
+    #[arg(long, default_value = "accepted,preparing,ready,served")]
+    statuses: String,
+    #[arg(long, value_enum, default_value_t = StatusVia::Rest)]
+    status_via: StatusVia,
+    /// Wait before each status step, ms.
+    #[arg(long, default_value_t = 0)]
+    status_delay_ms: u64,
+    /// Orders in flight per worker before new ones are skipped (counted).
+    #[arg(long, default_value_t = 4096)]
+    max_inflight: usize,
+}
+
+/// Options of every run.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Server pid: RSS and CPU are read from /proc/<pid>.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Worker processes (each holds a slice; this machine caps a process at 20,000 open files).
+    #[arg(long, default_value_t = 1)]
+    processes: u32,
+    /// Source address of worker 0 (worker i binds base+i). Default with --processes > 1: 127.0.0.2.
+    #[arg(long)]
+    bind_base: Option<Ipv4Addr>,
+    /// Drop or duplicate one received event (proves the completeness check catches it).
+    #[arg(long, value_enum)]
+    inject_fault: Option<Fault>,
+    /// Subscribe by sending `resume` right after `hello` instead of waiting for the snapshot.
+    #[arg(long)]
+    fast_subscribe: bool,
+    /// Socket connects in flight per worker.
+    #[arg(long, default_value_t = 512)]
+    connect_concurrency: usize,
+    #[arg(long, default_value_t = 120)]
+    connect_timeout_s: u64,
+    /// HTTP keep-alive connections per worker.
+    #[arg(long, default_value_t = 64)]
+    http_conns: usize,
+    /// How long to wait for late deliveries, ms.
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    /// Exit 3 when more errors than this were counted.
+    #[arg(long)]
+    max_errors: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// `scan2order seed-demo` output: TABLE and LOGIN lines.
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// `scan2order load-tokens` output: customer tokens.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Create load-test restaurants `lt-00000…` straight in Postgres (needs an admin LOGIN in --seed).
+    #[arg(long)]
+    database_url: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    db_restaurants: usize,
+    #[arg(long, default_value_t = 20)]
+    db_tables: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn parse_statuses(s: &str) -> anyhow::Result<Vec<OrderStatus>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            serde_json::from_value::<OrderStatus>(serde_json::Value::String(x.to_string()))
+                .with_context(|| format!("unknown status {x}"))
+        })
+        .collect()
+}
+
+fn base_cfg(scenario: Scenario, run: &RunArgs) -> RunCfg {
+    let bind_base = run.bind_base.or(if run.processes > 1 {
+        Some(Ipv4Addr::new(127, 0, 0, 2))
+    } else {
+        None
+    });
+    RunCfg {
+        scenario,
+        processes: run.processes.max(1),
+        bind_base,
+        sockets: 0,
+        restaurants: 1,
+        tables: 0,
+        kitchen_per_restaurant: 1,
+        table_sockets_per_table: 1,
+        rate: 0.0,
+        duration_s: 0.0,
+        statuses: Vec::new(),
+        status_via: StatusVia::Rest,
+        status_delay_ms: 0,
+        churn_per_s: 0.0,
+        toggles_per_s: 0.0,
+        skew: 0.0,
+        menu_reads_per_order: 0,
+        fast_subscribe: run.fast_subscribe,
+        connect_concurrency: run.connect_concurrency,
+        connect_timeout_s: run.connect_timeout_s,
+        http_conns: run.http_conns,
+        max_inflight: 4096,
+        settle_ms: run.settle_ms,
+        fault: run.inject_fault,
+        run_id: format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+fn opts(run: &RunArgs, params: serde_json::Value) -> CoordOpts {
+    CoordOpts {
+        server_pid: run.server_pid,
+        json: run.json.clone(),
+        max_errors: run.max_errors,
+        params,
+        hold_s: 0.0,
+        events: 0,
+        event_interval_ms: 0,
+        baseline: None,
+    }
+}
+
+fn apply_generation(cfg: &mut RunCfg, g: &Generation) -> anyhow::Result<()> {
+    cfg.rate = g.rate;
+    cfg.duration_s = g.duration;
+    cfg.restaurants = g.restaurants;
+    cfg.tables = g.tables;
+    cfg.kitchen_per_restaurant = g.kitchen_per_restaurant;
+    cfg.table_sockets_per_table = g.table_sockets_per_table;
+    cfg.statuses = parse_statuses(&g.statuses)?;
+    cfg.status_via = g.status_via;
+    cfg.status_delay_ms = g.status_delay_ms;
+    cfg.max_inflight = g.max_inflight;
+    if g.status_via == StatusVia::Socket && g.kitchen_per_restaurant == 0 {
+        anyhow::bail!("--status-via socket needs --kitchen-per-restaurant ≥ 1");
+    }
+    Ok(())
+}
+
+async fn plan_from(common: &Common) -> anyhow::Result<Plan> {
+    let target = Target::parse(&common.url)?;
+    setup::build_plan(SetupArgs {
+        target,
+        seed: common.seed.as_deref(),
+        tokens: common.tokens.as_deref(),
+        database_url: common.database_url.as_deref(),
+        db_restaurants: common.db_restaurants,
+        db_tables: common.db_tables,
+        bind: None,
+    })
+    .await
+}
+
+async fn run(plan: Plan, cfg: RunCfg, opts: CoordOpts) -> anyhow::Result<i32> {
+    let coord = Coordinator::start(plan, cfg, opts).await?;
+    let json = coord.json_path();
+    let max_errors = coord.max_errors();
+    let report = coord.run().await?;
+    conclude(&report, json.as_deref(), max_errors)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::exit(coord::exit::FATAL);
+        }
+    };
+    let code = rt.block_on(async move {
+        match dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                coord::exit::FATAL
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Worker { job, index } => {
+            coord::worker_process(job, index).await?;
+            Ok(0)
+        }
+        Command::Sockets {
+            common,
+            sockets,
+            restaurants,
+            tables,
+            kitchen_per_restaurant,
+            hold,
+        } => {
+            let plan = plan_from(&common).await?;
+            let mut cfg = base_cfg(Scenario::Sockets, &common.run);
+            cfg.sockets = sockets;
+            cfg.restaurants = restaurants;
+            cfg.tables = tables;
+            cfg.kitchen_per_restaurant = kitchen_per_restaurant;
+            let params = serde_json::json!({
+                "sockets": sockets, "restaurants": restaurants.min(plan.restaurants.len()),
+                "tables": tables, "kitchen_per_restaurant": kitchen_per_restaurant, "hold_s": hold,
+                "processes": cfg.processes, "fast_subscribe": cfg.fast_subscribe,
+            });
+            let mut o = opts(&common.run, params);
+            o.hold_s = hold;
+            run(plan, cfg, o).await
+        }
+        Command::Orders { common, gen } => {
+            let plan = plan_from(&common).await?;
+            let mut cfg = base_cfg(Scenario::Orders, &common.run);
+            apply_generation(&mut cfg, &gen)?;
+            let params = serde_json::json!({
+                "rate": gen.rate, "duration_s": gen.duration,
+                "restaurants": gen.restaurants.min(plan.restaurants.len()), "tables": gen.tables,
+                "kitchen_per_restaurant": gen.kitchen_per_restaurant,
+                "table_sockets_per_table": gen.table_sockets_per_table, "statuses": gen.statuses,
+                "status_via": format!("{:?}", gen.status_via), "status_delay_ms": gen.status_delay_ms,
+                "processes": cfg.processes,
+            });
+            run(plan, cfg, opts(&common.run, params)).await
+        }
+        Command::Fanout { common, fan } => {
+            let plan = plan_from(&common).await?;
+            let mut cfg = base_cfg(Scenario::Fanout, &common.run);
+            cfg.sockets = fan.sockets;
+            cfg.restaurants = 1;
+            let params = serde_json::json!({
+                "sockets": fan.sockets, "events": fan.events, "event_interval_ms": fan.event_interval_ms,
+                "processes": cfg.processes, "target": "scan2order",
+            });
+            let mut o = opts(&common.run, params);
+            o.events = fan.events;
+            o.event_interval_ms = fan.event_interval_ms;
+            run(plan, cfg, o).await
+        }
+        Command::Mixed {
+            common,
+            gen,
+            churn_per_s,
+            toggles_per_s,
+            skew,
+            menu_reads_per_order,
+        } => {
+            let plan = plan_from(&common).await?;
+            let mut cfg = base_cfg(Scenario::Mixed, &common.run);
+            apply_generation(&mut cfg, &gen)?;
+            cfg.churn_per_s = churn_per_s;
+            cfg.toggles_per_s = toggles_per_s;
+            cfg.skew = skew;
+            cfg.menu_reads_per_order = menu_reads_per_order;
+            let params = serde_json::json!({
+                "rate": gen.rate, "duration_s": gen.duration,
+                "restaurants": gen.restaurants.min(plan.restaurants.len()), "tables": gen.tables,
+                "churn_per_s": churn_per_s, "toggles_per_s": toggles_per_s, "skew": skew,
+                "menu_reads_per_order": menu_reads_per_order, "statuses": gen.statuses,
+                "status_via": format!("{:?}", gen.status_via), "processes": cfg.processes,
+            });
+            run(plan, cfg, opts(&common.run, params)).await
+        }
+        Command::BaselineServer { mode } => match mode {
+            BaselineMode::Serve {
+                listen,
+                read_buffer,
+            } => {
+                baseline::serve(listen, read_buffer).await?;
+                Ok(0)
+            }
+            BaselineMode::Fanout { addr, fan, run: r } => {
+                anyhow::ensure!(addr.ip().is_loopback(), "load runs only aim at 127.0.0.0/8");
+                let plan = Plan {
+                    target: Target {
+                        addr,
+                        host: addr.to_string(),
+                    },
+                    restaurants: vec![RestaurantPlan {
+                        id: uuid::Uuid::nil(),
+                        slug: "baseline".into(),
+                        staff_token: String::new(),
+                        via_admin: false,
+                        items: Vec::new(),
+                        tables: vec![TablePlan {
+                            label: "B".into(),
+                            token: String::new(),
+                        }],
+                    }],
+                    customer_tokens: Vec::new(),
+                };
+                let mut cfg = base_cfg(Scenario::BaselineFanout, &r);
+                cfg.sockets = fan.sockets;
+                cfg.restaurants = 1;
+                cfg.kitchen_per_restaurant = 0;
+                let params = serde_json::json!({
+                    "sockets": fan.sockets, "events": fan.events,
+                    "event_interval_ms": fan.event_interval_ms, "processes": cfg.processes,
+                    "target": "baseline",
+                });
+                let mut o = opts(&r, params);
+                o.events = fan.events;
+                o.event_interval_ms = fan.event_interval_ms;
+                o.baseline = Some(addr);
+                run(plan, cfg, o).await
+            }
+        },
+    }
+}
