@@ -56,6 +56,55 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
+/// Threads that hash and verify passwords. Argon2id takes ~19 MiB per hash; on a fixed pair of threads
+/// that memory is reused, where the blocking pool's many threads would each keep an allocator arena of
+/// it, and concurrent logins queue instead of multiplying it.
+const PASSWORD_THREADS: usize = 2;
+
+type PasswordJob = Box<dyn FnOnce() + Send>;
+
+fn password_pool() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<PasswordJob>> {
+    static POOL: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<PasswordJob>>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<PasswordJob>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..PASSWORD_THREADS {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("s2o-password-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+        }
+        std::sync::Mutex::new(tx)
+    })
+}
+
+/// Runs password work on the password threads and awaits its result.
+pub async fn on_password_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: PasswordJob = Box::new(move || {
+        let _ = tx.send(work());
+    });
+    password_pool()
+        .lock()
+        .map_err(|_| ApiError::internal("password threads", "poisoned"))?
+        .send(job)
+        .map_err(|e| ApiError::internal("password threads", e))?;
+    rx.await
+        .map_err(|e| ApiError::internal("password threads", e))
+}
+
 /// A hash nobody's password matches, verified for unknown users so that they take as long as known ones.
 pub fn dummy_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();

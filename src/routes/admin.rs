@@ -942,9 +942,8 @@ struct StaffChanges {
 }
 
 async fn hash_off_loop(password: String) -> ApiResult<String> {
-    web::block(move || hash_password(&password))
-        .await
-        .map_err(|e| ApiError::internal("password hashing", e))?
+    auth::on_password_thread(move || hash_password(&password))
+        .await?
         .map_err(|e| ApiError::internal("password hashing", e))
 }
 

@@ -91,9 +91,7 @@ async fn login(
         || auth::dummy_hash().to_string(),
         |u| u.password_hash.clone(),
     );
-    let ok = web::block(move || verify_password(&password, &hash))
-        .await
-        .map_err(|e| ApiError::internal("password check", e))?;
+    let ok = auth::on_password_thread(move || verify_password(&password, &hash)).await?;
     let user = match user {
         Some(u) if ok => u,
         _ => {
