@@ -24,6 +24,12 @@ use crate::{db, error, lean, routes, seed, whatsapp};
 
 /// How long in-flight requests get to finish once shutdown has begun.
 const SHUTDOWN_GRACE_S: u64 = 10;
+/// Connections the kernel queues for accepting (capped by `net.core.somaxconn`). `std`'s default of 128
+/// overflows in a reconnect storm: the dropped SYNs are retried only after a second.
+const LISTEN_BACKLOG: i32 = 4096;
+/// How long shutdown waits for sockets to finish their closing handshakes (a socket still in its resume
+/// grace is closed when it tries to subscribe; a closing handshake takes at most `lean::CLOSE_TIMEOUT`).
+const SOCKET_DRAIN: Duration = Duration::from_secs(5);
 
 pub struct Application {
     port: u16,
@@ -35,6 +41,8 @@ pub struct Application {
 #[derive(Clone)]
 pub struct AppHandle {
     server: ServerHandle,
+    /// Open lean sockets: shutdown waits for their closing handshakes.
+    sockets: lean::LiveSockets,
     ctx: AppContext,
     notifier: Arc<Arbiter>,
 }
@@ -92,7 +100,7 @@ impl Application {
             limits,
             sender,
         };
-        let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
+        let listener = bind(settings.http.host.as_str(), settings.http.port)?;
         let port = listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;
         let app_ctx = ctx.clone();
@@ -100,6 +108,8 @@ impl Application {
         // socket transport or, untouched, to actix-web served by actix-http exactly as `HttpServer`
         // would (see `crate::lean`).
         let builder = Server::build();
+        let sockets = lean::LiveSockets::default();
+        let live = sockets.clone();
         let shutdown_signal = builder.graceful_shutdown_signal();
         let transport = settings.sockets.transport;
         let local_addr = listener.local_addr()?;
@@ -149,7 +159,7 @@ impl Application {
                         |_| AppConfig::default(),
                     ))
                     .tcp();
-                lean::service(http, app_ctx.clone(), transport)
+                lean::service(http, app_ctx.clone(), transport, live.clone())
             })?
             .workers(settings.workers())
             .disable_signals()
@@ -157,6 +167,7 @@ impl Application {
             .run();
         let handle = AppHandle {
             server: server.handle(),
+            sockets,
             ctx,
             notifier: Arc::new(notifier_arbiter),
         };
@@ -204,6 +215,12 @@ impl AppHandle {
         tracing::info!("shutting down");
         self.server.pause().await;
         self.ctx.engine.shutdown().await;
+        // The engine told every socket to close with 1001; let their closing handshakes finish (the
+        // acceptor does not count lean sockets as connections to wait for).
+        let deadline = tokio::time::Instant::now() + SOCKET_DRAIN;
+        while self.sockets.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.server.stop(true).await;
         self.notifier.stop();
         tracing::info!("stopped");
@@ -263,4 +280,29 @@ pub async fn create_admin(
         .await?;
     println!("admin {username} created");
     Ok(())
+}
+
+/// The listening socket: address reuse (a restart need not wait for `TIME_WAIT`) and a deep accept queue.
+/// Like `TcpListener::bind`, the first address `host` resolves to that binds wins.
+fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("http.host {host:?} does not resolve"),
+    );
+    for addr in (host, port).to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|socket| {
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(LISTEN_BACKLOG)?;
+                Ok(socket)
+            });
+        match bound {
+            Ok(socket) => return Ok(socket.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

@@ -15,7 +15,7 @@ use scan2order_actors::session::{Inbound, SocketSession};
 use scan2order_actors::sink::{Outgoing, SinkReceiver, SocketSink};
 
 use crate::config::SocketSettings;
-use crate::routes::sockets::SessionSpec;
+use crate::routes::sockets::{session_settings, SessionSpec};
 
 /// How long a close handshake may wait on a socket that does not read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,10 +36,10 @@ pub fn start_session(
         .max_continuation_size(max)
         .map(to_inbound);
     actix_web::rt::spawn(write_loop(session, rx));
-    let settings = settings.clone();
+    let session_settings = std::sync::Arc::new(session_settings(settings));
     SocketSession::create(move |ctx| {
         ctx.add_stream(inbound);
-        spec.into_session(sink, &settings)
+        spec.into_session(sink, session_settings)
     });
     Ok(response)
 }

@@ -6,6 +6,7 @@
 //! stream of [`Inbound`] frames and the bounded sink of outbound ones, so the transport underneath can be
 //! replaced without touching this file.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -66,7 +67,8 @@ pub struct SocketSession {
     last_heard: Instant,
     window_start: Instant,
     window_count: u32,
-    settings: SessionSettings,
+    /// Shared by every session of a worker: a socket should not carry its own copy.
+    settings: Arc<SessionSettings>,
 }
 
 impl SocketSession {
@@ -78,7 +80,7 @@ impl SocketSession {
         staff: Option<StaffId>,
         sink: SocketSink,
         resume: Option<(String, u64)>,
-        settings: SessionSettings,
+        settings: Arc<SessionSettings>,
     ) -> Self {
         let now = Instant::now();
         SocketSession {

@@ -3,15 +3,15 @@
 //! it (the lean transport in `scan2order::lean`, or the actix-ws reference in `scan2order::ws`) drains the
 //! queue through its [`SinkReceiver`]. The transport can change without touching them.
 //!
-//! Memory: an idle socket's queue holds no allocation. The queue is a `VecDeque` behind a mutex that is
-//! given back to the allocator whenever the transport drains it, so a sink costs one small shared block
-//! (counts, the close code, the transport's waker) until frames are actually waiting. A frame stays in
+//! Memory: an idle socket's queue holds no allocation. The queue is a boxed `VecDeque` behind a mutex
+//! that is given back to the allocator whenever the transport drains it, so a sink costs one small
+//! shared block (counts, the close code, the transport's waker) until frames are actually waiting. A frame stays in
 //! the queue until the transport has written it completely, so frames stuck behind a full kernel buffer
 //! count against the bound: a consumer that stops reading fills the queue and is closed with 1013.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -59,25 +59,34 @@ pub enum SinkError {
     Closed,
 }
 
-/// State shared by every clone of a sink and its receiver.
+/// State shared by every clone of a sink and its receiver: one small block per socket, laid out tight
+/// because every idle socket holds one.
 #[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
-    /// Live [`SocketSink`] clones; the transport closes the socket once none is left.
-    senders: AtomicUsize,
-    /// 0 while open; then the close code asked for (the first one wins).
-    close_code: AtomicU16,
     /// The transport's task: woken when a frame is queued, a close is asked for or the last sender goes.
     waker: AtomicWaker,
-    capacity: usize,
+    /// Live [`SocketSink`] clones; the transport closes the socket once none is left.
+    senders: AtomicU32,
+    capacity: u32,
+    /// 0 while open; then the close code asked for (the first one wins).
+    close_code: AtomicU16,
 }
 
 #[derive(Debug)]
 struct Queue {
-    /// Frames not yet completely written to the socket, oldest first. Empty means unallocated.
-    frames: VecDeque<Outgoing>,
+    /// Frames not yet completely written to the socket, oldest first; `None` (unallocated) when empty.
+    /// Boxed on purpose: an empty `VecDeque` still takes 32 bytes in every idle socket's block.
+    #[allow(clippy::box_collection)]
+    frames: Option<Box<VecDeque<Outgoing>>>,
     /// False once the transport dropped its receiver (the socket is gone).
     receiver: bool,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.frames.as_ref().map_or(0, |f| f.len())
+    }
 }
 
 impl Shared {
@@ -94,6 +103,7 @@ impl Shared {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            metrics::counter!("s2o_socket_closes_total", "code" => code.to_string()).increment(1);
             self.waker.wake();
         }
     }
@@ -123,13 +133,13 @@ impl SocketSink {
     pub fn channel(capacity: usize) -> (SocketSink, SinkReceiver) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                frames: VecDeque::new(),
+                frames: None,
                 receiver: true,
             }),
-            senders: AtomicUsize::new(1),
-            close_code: AtomicU16::new(0),
             waker: AtomicWaker::new(),
-            capacity: capacity.max(1),
+            senders: AtomicU32::new(1),
+            capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
+            close_code: AtomicU16::new(0),
         });
         (
             SocketSink {
@@ -153,16 +163,15 @@ impl SocketSink {
             if !q.receiver {
                 return Err(SinkError::Closed);
             }
-            if q.frames.len() >= self.shared.capacity {
+            if q.len() >= self.shared.capacity as usize {
                 drop(q);
                 self.shared.close(close_code::SLOW_CONSUMER);
                 return Err(SinkError::Full);
             }
-            if q.frames.capacity() == 0 {
-                // Most sockets hold one frame at a time: start with room for exactly one.
-                q.frames.reserve_exact(1);
-            }
-            q.frames.push_back(frame);
+            // Most sockets hold one frame at a time: start with room for exactly one.
+            q.frames
+                .get_or_insert_with(|| Box::new(VecDeque::with_capacity(1)))
+                .push_back(frame);
         }
         self.shared.waker.wake();
         Ok(())
@@ -170,9 +179,7 @@ impl SocketSink {
 
     /// How many more frames fit in the queue right now.
     pub fn room(&self) -> usize {
-        self.shared
-            .capacity
-            .saturating_sub(self.shared.lock().frames.len())
+        (self.shared.capacity as usize).saturating_sub(self.shared.lock().len())
     }
 
     /// Asks the transport to close the socket with `code`.
@@ -229,24 +236,29 @@ impl SinkReceiver {
     /// share their bytes). The frames stay queued until [`SinkReceiver::consume`].
     pub fn peek(&self, max: usize, out: &mut Vec<Outgoing>) -> usize {
         let q = self.shared.lock();
-        let n = q.frames.len().min(max);
-        out.extend(q.frames.iter().take(n).cloned());
+        let Some(frames) = &q.frames else {
+            return 0;
+        };
+        let n = frames.len().min(max);
+        out.extend(frames.iter().take(n).cloned());
         n
     }
 
     /// Removes `n` completely written frames from the front; the queue's storage is freed once empty.
     pub fn consume(&self, n: usize) {
         let mut q = self.shared.lock();
-        let n = n.min(q.frames.len());
-        q.frames.drain(..n);
-        if q.frames.is_empty() && q.frames.capacity() > 0 {
-            q.frames = VecDeque::new();
+        if let Some(frames) = &mut q.frames {
+            let n = n.min(frames.len());
+            frames.drain(..n);
+            if frames.is_empty() {
+                q.frames = None;
+            }
         }
     }
 
     /// Frames waiting in the queue.
     pub fn len(&self) -> usize {
-        self.shared.lock().frames.len()
+        self.shared.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -258,11 +270,14 @@ impl SinkReceiver {
         poll_fn(|cx| {
             self.register(cx.waker());
             let mut q = self.shared.lock();
-            if let Some(frame) = q.frames.pop_front() {
-                if q.frames.is_empty() {
-                    q.frames = VecDeque::new();
+            if let Some(frames) = &mut q.frames {
+                let frame = frames.pop_front();
+                if frames.is_empty() {
+                    q.frames = None;
                 }
-                return Poll::Ready(Some(frame));
+                if let Some(frame) = frame {
+                    return Poll::Ready(Some(frame));
+                }
             }
             drop(q);
             if self.senders_gone() {
@@ -292,7 +307,7 @@ impl Drop for SinkReceiver {
         let frames = {
             let mut q = self.shared.lock();
             q.receiver = false;
-            std::mem::take(&mut q.frames)
+            q.frames.take()
         };
         drop(frames);
     }
@@ -342,9 +357,8 @@ mod tests {
         assert_eq!(sink.room(), 1);
         rx.consume(1);
         assert!(rx.is_empty());
-        assert_eq!(
-            rx.shared.lock().frames.capacity(),
-            0,
+        assert!(
+            rx.shared.lock().frames.is_none(),
             "drained storage is freed"
         );
     }

@@ -1,27 +1,35 @@
-//! One lean socket after its handshake: a hand-written future that owns the `TcpStream`, feeds client
-//! frames to the [`SocketSession`] actor and drains the session's [`SinkReceiver`] into the socket.
+//! One lean socket after its handshake: [`Connection`] owns the `TcpStream` and is the session actor's
+//! stream of [`Inbound`] frames (`ctx.add_stream`), so a socket costs no task of its own: the actor's task
+//! polls it. Each poll also drains the session's [`SinkReceiver`] into the socket (the sink wakes the
+//! actor's task when something is queued).
 //!
-//! What an idle socket holds: the stream, the receiver, the session's address and a few words of state.
-//! No buffer: reads go into a per-thread scratch buffer (64 KiB, shared by every socket of the worker),
-//! and only a frame that straddles two reads is copied into a `Vec` of its own, freed once it is
-//! complete. Writes go straight from the queued frames (whose bytes are shared by every subscriber of an
-//! event) to the kernel with `writev`; while the kernel buffer is full, the frames simply stay queued,
-//! where they count against the session's bound (1013 when it overflows).
+//! What an idle socket holds: the stream, the receiver and a few words of state. No buffer: reads go
+//! into a per-thread scratch buffer (64 KiB, shared by every socket of the worker), and only a frame
+//! that straddles two reads is copied into a `Vec` of its own, freed once it is complete. Writes go
+//! straight from the queued frames (whose bytes every subscriber of an event shares) to the kernel with
+//! `writev`; while the kernel buffer is full the frames simply stay queued, where they count against the
+//! session's bound (1013 when it overflows).
 //!
-//! Inbound frames are handed to the session one at a time with `Addr::send`, and reading stops until
-//! the session has handled each one, so a fast client waits on its own TCP window instead of growing a
-//! mailbox. The session answers pings and rate-limits everything the client sends, as it did over
-//! actix-ws.
+//! Inbound messages are yielded one at a time and the actor handles each before the next is decoded,
+//! so a fast client waits on its own TCP window. The session answers pings and rate-limits everything
+//! the client sends, as it did over actix-ws.
+//!
+//! Closing: a close asked for through the sink (by the session or the restaurant) is written after the
+//! frame that is half out, if any; then the client's close frame is awaited for up to
+//! [`CLOSE_TIMEOUT`]. A client's close is answered with its own code. When the session stops before the
+//! handshake is over, the rest of it moves to a small task of its own.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix::prelude::*;
-use scan2order_actors::session::{Inbound, SocketSession};
+use futures_util::Stream;
+use scan2order_actors::session::Inbound;
 use scan2order_actors::sink::{close_code, Outgoing, SinkReceiver};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -31,7 +39,7 @@ use super::handshake::write_all;
 
 /// Per-thread read buffer: large enough to take many frames, or a whole message, in one read.
 const SCRATCH_BYTES: usize = 64 * 1024;
-/// Reads per wake-up before the task yields to the other sockets of its worker.
+/// Reads per wake-up before the socket yields to the others of its worker.
 const READS_PER_POLL: usize = 16;
 /// Frames per `writev`.
 const FRAMES_PER_WRITE: usize = 16;
@@ -43,8 +51,6 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
     static BATCH: RefCell<Vec<Outgoing>> = RefCell::new(Vec::with_capacity(FRAMES_PER_WRITE));
 }
-
-type Delivery = Pin<Box<dyn Future<Output = Result<(), MailboxError>>>>;
 
 /// What the read side does with client frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +66,9 @@ enum Reading {
 /// Read-side bytes that exist only while they hold something.
 #[derive(Default)]
 struct ReadBuf {
-    /// Unparsed bytes: an incomplete frame, or frames held back while a delivery was in flight.
+    /// Unparsed bytes: an incomplete frame, or frames behind a message just handed over.
     bytes: Vec<u8>,
-    /// `bytes` may hold complete frames (decoding stopped for a delivery, or the handshake's tail).
+    /// `bytes` may hold complete frames.
     ready: bool,
     /// The fragmented message being reassembled, and its opcode.
     message: Vec<u8>,
@@ -80,24 +86,39 @@ struct Closing {
     frame: [u8; 4],
     frame_len: u8,
     written: u8,
-    /// The client's close arrived (or it stopped reading and writing): finish once ours is out.
+    /// The client's close arrived: finish once ours is out.
     peer_done: bool,
     deadline: Pin<Box<Sleep>>,
 }
 
-/// One socket's transport; completes when the socket is closed.
-pub struct Connection {
+/// The number of open lean sockets (the connections and their closing handshakes).
+#[derive(Clone, Debug, Default)]
+pub struct LiveSockets(Arc<AtomicUsize>);
+
+impl LiveSockets {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+struct Conn {
     io: TcpStream,
     rx: SinkReceiver,
-    session: Addr<SocketSession>,
-    max_message: usize,
-    reading: Reading,
-    told_session: bool,
+    live: LiveSockets,
+    max_message: u32,
     /// Bytes of the queue's front frame already written.
-    front_written: usize,
+    front_written: u32,
     pending: Option<Box<ReadBuf>>,
-    delivering: Option<Delivery>,
-    closing: Option<Closing>,
+    /// Boxed: every idle socket carries this field, few ever use it.
+    closing: Option<Box<Closing>>,
+    reading: Reading,
+    done: bool,
+}
+
+/// One socket's transport: the session's stream of inbound frames.
+pub struct Connection {
+    /// `None` once handed to a closing task.
+    conn: Option<Conn>,
 }
 
 /// How a write attempt went.
@@ -107,15 +128,25 @@ enum Wrote {
     Blocked,
 }
 
+/// What a read attempt produced.
+enum Read {
+    Message(Inbound),
+    /// Nothing more for now.
+    Idle,
+    /// The client went away.
+    Gone,
+}
+
 impl Connection {
     /// `early`: bytes the client sent right behind its handshake.
     pub fn new(
         io: TcpStream,
         rx: SinkReceiver,
-        session: Addr<SocketSession>,
         max_message: usize,
         early: Vec<u8>,
+        live: LiveSockets,
     ) -> Connection {
+        live.0.fetch_add(1, Ordering::AcqRel);
         let pending = (!early.is_empty()).then(|| {
             Box::new(ReadBuf {
                 bytes: early,
@@ -124,114 +155,171 @@ impl Connection {
             })
         });
         Connection {
-            io,
-            rx,
-            session,
-            max_message,
-            reading: Reading::Open,
-            told_session: false,
-            front_written: 0,
-            pending,
-            delivering: None,
-            closing: None,
+            conn: Some(Conn {
+                io,
+                rx,
+                live,
+                max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
+                front_written: 0,
+                pending,
+                closing: None,
+                reading: Reading::Open,
+                done: false,
+            }),
+        }
+    }
+}
+
+impl Stream for Connection {
+    type Item = Inbound;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        match &mut self.conn {
+            Some(conn) => conn.poll_inbound(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The session stopped (or its worker is going away) before the socket was finished: the
+        // closing handshake goes on in a task of its own.
+        // (Without a runtime, e.g. while a worker thread is torn down, the socket is just dropped.)
+        let runtime = tokio::runtime::Handle::try_current().is_ok();
+        if let Some(mut conn) = self.conn.take().filter(|c| !c.done && runtime) {
+            if conn.closing.is_none() {
+                let code = conn.rx.close_requested().unwrap_or(close_code::NORMAL);
+                conn.start_close(Some(code), false);
+            }
+            tokio::task::spawn_local(std::future::poll_fn(move |cx| {
+                conn.rx.register(cx.waker());
+                match conn.poll_inbound(cx) {
+                    Poll::Ready(None) => Poll::Ready(()),
+                    // Nothing reaches a session any more.
+                    Poll::Ready(Some(_)) | Poll::Pending => Poll::Pending,
+                }
+            }));
+        }
+    }
+}
+
+impl Conn {
+    /// Writes what is queued, then yields the next message from the client; `None` once the socket is
+    /// finished.
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        // Before looking at the queue: a frame queued from now on wakes this task.
+        self.rx.register(cx.waker());
+        match self.step(cx) {
+            Ok(Some(m)) => Poll::Ready(Some(m)),
+            Ok(None) if self.done => Poll::Ready(None),
+            Ok(None) => Poll::Pending,
+            Err(e) => {
+                tracing::debug!(error = %e, "socket error");
+                self.done = true;
+                Poll::Ready(None)
+            }
         }
     }
 
-    /// One pass over everything that may have become ready; `Ok(true)` once the socket is finished.
-    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        if let Some(delivery) = &mut self.delivering {
-            if let Poll::Ready(res) = delivery.as_mut().poll(cx) {
-                self.delivering = None;
-                if res.is_err() {
-                    // The session is gone; it closed the sink on its way out (or never will: then
-                    // this is a normal close).
-                    self.rx.close(close_code::NORMAL);
+    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Option<Inbound>> {
+        loop {
+            if self.closing.is_none() {
+                if let Some(code) = self.rx.close_requested() {
+                    self.start_close(Some(code), false);
                 }
             }
-        }
-        if self.reading != Reading::Stopped && self.delivering.is_none() && !self.read(cx)? {
-            return Ok(true);
-        }
-        if self.closing.is_none() {
-            if let Some(code) = self.rx.close_requested() {
-                self.start_close(Some(code), false);
+            if self.write(cx)? {
+                self.done = true;
+                return Ok(None);
+            }
+            if let Some(closing) = &mut self.closing {
+                if closing.deadline.as_mut().poll(cx).is_ready() {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+            let closing = self.closing.is_some();
+            match self.read(cx)? {
+                Read::Message(m) => return Ok(Some(m)),
+                Read::Gone => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                // A close began while reading (the client's, or a refused frame): write it now.
+                Read::Idle if self.closing.is_some() != closing => continue,
+                Read::Idle if self.closing.is_none() && self.rx.close_requested().is_some() => {
+                    continue
+                }
+                Read::Idle => return Ok(None),
             }
         }
-        if self.write(cx)? {
-            return Ok(true);
-        }
-        if let Some(closing) = &mut self.closing {
-            if closing.deadline.as_mut().poll(cx).is_ready() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
-    /// Reads and decodes what the client sent; `Ok(false)` when the client went away.
-    fn read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+    /// Reads until a complete message, or until nothing more is there.
+    fn read(&mut self, cx: &mut Context<'_>) -> io::Result<Read> {
         for _ in 0..READS_PER_POLL {
-            if self.reading == Reading::Stopped || self.delivering.is_some() {
-                return Ok(true);
+            if self.reading == Reading::Stopped {
+                return Ok(Read::Idle);
             }
             if self.pending.as_ref().is_some_and(|p| p.ready) {
-                self.decode_pending();
+                if let Some(m) = self.decode_pending() {
+                    return Ok(Read::Message(m));
+                }
                 continue;
             }
             match self.io.poll_read_ready(cx) {
-                Poll::Pending => return Ok(true),
+                Poll::Pending => return Ok(Read::Idle),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
-            let open = SCRATCH.with(|scratch| {
+            let got = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 match self.io.try_read(&mut scratch) {
-                    Ok(0) => Ok(false),
-                    Ok(n) => {
-                        self.feed(&mut scratch[..n]);
-                        Ok(true)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+                    Ok(0) => Ok(None),
+                    Ok(n) => Ok(Some(self.feed(&mut scratch[..n]))),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(None)),
                     Err(e) => Err(e),
                 }
             })?;
-            if !open {
-                self.reading = Reading::Stopped;
-                self.tell_session();
-                return Ok(false);
+            match got {
+                None => {
+                    self.reading = Reading::Stopped;
+                    return Ok(Read::Gone);
+                }
+                Some(Some(m)) => return Ok(Read::Message(m)),
+                Some(None) => {}
             }
         }
         // Read budget spent: come back after the worker's other sockets had their turn.
         cx.waker().wake_by_ref();
-        Ok(true)
+        Ok(Read::Idle)
     }
 
     /// Decodes freshly read bytes, behind whatever was left over.
-    fn feed(&mut self, data: &mut [u8]) {
-        match &mut self.pending {
-            Some(p) if !p.bytes.is_empty() => {
-                p.bytes.extend_from_slice(data);
-                self.decode_pending();
-            }
-            _ => {
-                let used = self.decode(data);
-                if used < data.len() && self.reading != Reading::Stopped {
-                    let p = self.pending.get_or_insert_with(Box::default);
-                    p.bytes.extend_from_slice(&data[used..]);
-                    p.ready = self.delivering.is_some();
-                }
-            }
+    fn feed(&mut self, data: &mut [u8]) -> Option<Inbound> {
+        if let Some(p) = self.pending.as_mut().filter(|p| !p.bytes.is_empty()) {
+            p.bytes.extend_from_slice(data);
+            return self.decode_pending();
         }
+        let (used, message) = self.decode(data);
+        if used < data.len() && self.reading != Reading::Stopped {
+            let p = self.pending.get_or_insert_with(Box::default);
+            p.bytes.extend_from_slice(&data[used..]);
+            p.ready = message.is_some();
+        }
+        message
     }
 
     /// Decodes the held-back bytes; keeps what is left, frees the rest.
-    fn decode_pending(&mut self) {
-        let Some(p) = &mut self.pending else {
-            return;
-        };
+    fn decode_pending(&mut self) -> Option<Inbound> {
+        let p = self.pending.as_mut()?;
         p.ready = false;
         let mut bytes = std::mem::take(&mut p.bytes);
-        let used = self.decode(&mut bytes);
+        let (used, message) = self.decode(&mut bytes);
         bytes.drain(..used);
         if let Some(p) = &mut self.pending {
             if !bytes.is_empty() && self.reading != Reading::Stopped {
@@ -239,26 +327,24 @@ impl Connection {
                     bytes.shrink_to_fit();
                 }
                 p.bytes = bytes;
-                p.ready = self.delivering.is_some();
+                p.ready = message.is_some();
             }
             if p.is_empty() {
                 self.pending = None;
             }
         }
+        message
     }
 
-    /// Handles every complete frame at the start of `buf` until a delivery is in flight or reading
-    /// stops; returns the bytes consumed.
-    fn decode(&mut self, buf: &mut [u8]) -> usize {
+    /// Handles the complete frames at the start of `buf` up to the first complete message; returns the
+    /// bytes consumed and that message.
+    fn decode(&mut self, buf: &mut [u8]) -> (usize, Option<Inbound>) {
         let mut pos = 0;
-        while self.reading != Reading::Stopped && self.delivering.is_none() {
-            let head = match frame::parse_head(&buf[pos..], self.max_message) {
+        while self.reading != Reading::Stopped {
+            let head = match frame::parse_head(&buf[pos..], self.max_message as usize) {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
-                Err(e) => {
-                    self.refuse_frame(e);
-                    break;
-                }
+                Err(e) => return (pos, self.refuse_frame(e)),
             };
             if buf.len() - pos < head.frame_len() {
                 break;
@@ -266,12 +352,14 @@ impl Connection {
             let payload = &mut buf[pos + head.head_len..pos + head.frame_len()];
             frame::apply_mask(payload, head.mask);
             pos += head.frame_len();
-            self.on_frame(head, payload);
+            if let Some(m) = self.on_frame(head, payload) {
+                return (pos, Some(m));
+            }
         }
-        pos
+        (pos, None)
     }
 
-    fn on_frame(&mut self, head: Head, payload: &[u8]) {
+    fn on_frame(&mut self, head: Head, payload: &[u8]) -> Option<Inbound> {
         if self.reading == Reading::Draining {
             if head.opcode == frame::CLOSE {
                 self.reading = Reading::Stopped;
@@ -279,7 +367,7 @@ impl Connection {
                     c.peer_done = true;
                 }
             }
-            return;
+            return None;
         }
         let assembling = self
             .pending
@@ -290,62 +378,58 @@ impl Connection {
             frame::TEXT | frame::BINARY if assembling => {
                 self.refuse_frame(FrameError::Protocol("a message interrupted another"))
             }
-            frame::TEXT | frame::BINARY if head.fin => {
-                self.deliver_message(head.opcode, payload.to_vec())
-            }
+            frame::TEXT | frame::BINARY if head.fin => self.message(head.opcode, payload.to_vec()),
             frame::TEXT | frame::BINARY => {
                 let p = self.pending.get_or_insert_with(Box::default);
                 p.message = payload.to_vec();
                 p.message_opcode = Some(head.opcode);
+                None
             }
             frame::CONTINUATION => {
+                let max = self.max_message as usize;
                 let Some(p) = self.pending.as_mut().filter(|p| p.message_opcode.is_some()) else {
                     return self.refuse_frame(FrameError::Protocol("a continuation of nothing"));
                 };
-                if p.message.len() + payload.len() > self.max_message {
+                if p.message.len() + payload.len() > max {
                     return self.refuse_frame(FrameError::TooBig);
                 }
                 p.message.extend_from_slice(payload);
-                if head.fin {
-                    let message = std::mem::take(&mut p.message);
-                    let opcode = p.message_opcode.take().unwrap_or(frame::TEXT);
-                    self.deliver_message(opcode, message);
+                if !head.fin {
+                    return None;
                 }
+                let message = std::mem::take(&mut p.message);
+                let opcode = p.message_opcode.take().unwrap_or(frame::TEXT);
+                self.message(opcode, message)
             }
             frame::CLOSE => match frame::close_code(payload) {
                 Ok(code) => {
                     self.reading = Reading::Stopped;
-                    self.tell_session();
                     // Echo the client's code, as RFC 6455 §5.5.1 suggests.
                     self.start_close(code, true);
+                    None
                 }
                 Err(e) => self.refuse_frame(e),
             },
-            frame::PING => self.deliver(Inbound::Ping(payload.to_vec())),
-            _ => self.deliver(Inbound::Pong),
+            frame::PING => Some(Inbound::Ping(payload.to_vec())),
+            _ => Some(Inbound::Pong),
         }
     }
 
-    fn deliver_message(&mut self, opcode: u8, payload: Vec<u8>) {
+    fn message(&mut self, opcode: u8, payload: Vec<u8>) -> Option<Inbound> {
         if opcode == frame::BINARY {
-            return self.deliver(Inbound::Binary);
+            return Some(Inbound::Binary);
         }
         match String::from_utf8(payload) {
-            Ok(text) => self.deliver(Inbound::Text(text)),
+            Ok(text) => Some(Inbound::Text(text)),
             Err(_) => {
                 self.reading = Reading::Draining;
-                self.tell_session();
                 self.rx.close(close_code::INVALID_PAYLOAD);
+                None
             }
         }
     }
 
-    /// Hands one frame to the session; nothing more is read until it has been handled.
-    fn deliver(&mut self, frame: Inbound) {
-        self.delivering = Some(Box::pin(self.session.send(frame)));
-    }
-
-    fn refuse_frame(&mut self, e: FrameError) {
+    fn refuse_frame(&mut self, e: FrameError) -> Option<Inbound> {
         self.reading = Reading::Draining;
         if let Some(p) = &mut self.pending {
             p.message = Vec::new();
@@ -353,24 +437,15 @@ impl Connection {
         }
         match e {
             FrameError::TooBig => {
-                // The session closes its sink with 1009 and stops, as over actix-ws.
-                self.session.do_send(Inbound::TooBig);
-                self.told_session = true;
                 self.rx.close(close_code::TOO_BIG);
+                // The session stops on it, as over actix-ws.
+                Some(Inbound::TooBig)
             }
             FrameError::Protocol(why) => {
                 tracing::debug!(why, "socket closed for a protocol error");
-                self.tell_session();
                 self.rx.close(close_code::PROTOCOL_ERROR);
+                None
             }
-        }
-    }
-
-    /// Tells the session its client is gone (once).
-    fn tell_session(&mut self) {
-        if !self.told_session {
-            self.told_session = true;
-            self.session.do_send(Inbound::Closed);
         }
     }
 
@@ -390,13 +465,13 @@ impl Connection {
             }
             None => ([0x88, 0, 0, 0], 2),
         };
-        self.closing = Some(Closing {
+        self.closing = Some(Box::new(Closing {
             frame,
             frame_len,
             written: 0,
             peer_done,
             deadline: Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)),
-        });
+        }));
     }
 
     /// Writes queued frames, then (when closing) the rest of a half-written frame and our close frame;
@@ -467,11 +542,10 @@ impl Connection {
             }
             let mut iov = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
             let mut k = 0;
-            let mut skip = self.front_written;
+            let mut skip = self.front_written as usize;
             for (i, f) in batch.iter().enumerate() {
-                let head = &heads[i][..head_lens[i]];
                 let (_, payload) = opcode_and_payload(f);
-                for part in [head, payload] {
+                for part in [&heads[i][..head_lens[i]], payload] {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -485,7 +559,7 @@ impl Connection {
                 match self.io.try_write_vectored(&iov[..k]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(written) => {
-                        let mut left = written + self.front_written;
+                        let mut left = written + self.front_written as usize;
                         let mut done = 0;
                         for size in &sizes[..n] {
                             if left < *size {
@@ -494,7 +568,8 @@ impl Connection {
                             left -= size;
                             done += 1;
                         }
-                        self.front_written = left;
+                        // Less than one frame (a message under the frame limit) is left.
+                        self.front_written = u32::try_from(left).unwrap_or(u32::MAX);
                         self.rx.consume(done);
                         return Ok(Wrote::Some);
                     }
@@ -513,36 +588,17 @@ impl Connection {
     }
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.live.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn opcode_and_payload(f: &Outgoing) -> (u8, &[u8]) {
     match f {
         Outgoing::Text(t) => (frame::TEXT, t.as_bytes()),
         Outgoing::Ping => (frame::PING, &[]),
         Outgoing::Pong(p) => (frame::PONG, p),
-    }
-}
-
-impl Future for Connection {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        // Before looking at the queue: a frame queued from now on wakes this task.
-        this.rx.register(cx.waker());
-        match this.step(cx) {
-            Ok(false) => Poll::Pending,
-            Ok(true) => Poll::Ready(()),
-            Err(e) => {
-                tracing::debug!(error = %e, "socket error");
-                Poll::Ready(())
-            }
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        // However the socket ended, the session stops and unsubscribes.
-        self.tell_session();
     }
 }
 

@@ -1,8 +1,10 @@
-//! The lean transport's opening handshake: read the upgrade request into a temporary buffer (dropped
-//! afterwards), parse it with `httparse`, apply what actix-web's middleware would have (the per-IP
-//! socket-connect limit, the security headers), decide with [`routes::sockets::resolve`] like the actix
-//! route does, and answer `101 Switching Protocols` or an HTTP error.
+//! The lean transport's opening handshake: read the upgrade request (into a per-thread buffer when it
+//! comes in one piece, as it nearly always does), parse it with `httparse`, apply what actix-web's
+//! middleware would have (the per-IP socket-connect limit, the security headers), decide with
+//! [`crate::routes::sockets::resolve`] like the actix route does, and answer `101 Switching Protocols`
+//! or an HTTP error. Only the few header values the decision needs are kept across the `await`.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,13 +20,12 @@ use crate::context::AppContext;
 use crate::error::ApiError;
 use crate::limits::Tier;
 use crate::routes::pages::CONTENT_SECURITY_POLICY;
-use crate::routes::sockets::{resolve, Decision, SocketTarget};
+use crate::routes::sockets::{resolve, Decision, SessionSpec, SocketTarget};
 
-/// The largest request head accepted (actix-http's default limit is larger, but an upgrade request
-/// carries only a few headers).
+/// The largest request head accepted (an upgrade request carries only a few headers).
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Headers parsed at most.
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 48;
 /// How long a client may take to send its request head (actix-web's `client_request_timeout`).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -37,113 +38,171 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("x-frame-options", "DENY"),
 ];
 
+thread_local! {
+    /// Where request heads are read and answers are written, one socket at a time.
+    static HEAD: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_HEAD_BYTES]);
+}
+
 /// How a handshake ended.
 pub enum Outcome {
-    /// Upgraded: start the session. `early` holds bytes the client sent after its request head.
-    Session(crate::routes::sockets::SessionSpec, Vec<u8>),
+    /// Upgraded: start the session. The bytes are what the client sent right behind its request.
+    Session(SessionSpec, Vec<u8>),
     /// Upgraded only to be closed at once with this code and reason.
     Refused(u16, &'static str),
     /// Answered with an HTTP error, or the client went away: nothing more to do.
     Done,
 }
 
+/// An HTTP error answer: the error and extra headers.
+type Refusal = (ApiError, &'static [(&'static str, &'static str)]);
+
+/// What is kept of a checked upgrade request: the parts the decision needs.
+#[derive(Default)]
+struct Upgrade {
+    /// Path and query.
+    target: String,
+    query_at: Option<usize>,
+    authorization: Option<String>,
+    cookies: Vec<String>,
+    origin: Option<String>,
+    host: Option<String>,
+    accept: String,
+    /// Echoed as `x-request-id`, as `telemetry::request_span` does for actix-web's answers.
+    request_id: String,
+    early: Vec<u8>,
+}
+
+impl Upgrade {
+    fn path(&self) -> &str {
+        &self.target[..self.query_at.unwrap_or(self.target.len())]
+    }
+
+    fn parts(&self) -> RequestParts<'_> {
+        RequestParts {
+            authorization: self.authorization.as_deref(),
+            query: self.query_at.map_or("", |i| &self.target[i + 1..]),
+            cookies: self.cookies.iter().map(String::as_str).collect(),
+            origin: self.origin.as_deref(),
+            host: self.host.as_deref(),
+        }
+    }
+}
+
 /// Reads, checks and answers the upgrade request on `io`.
 pub async fn handshake(io: &TcpStream, peer: Option<SocketAddr>, ctx: &AppContext) -> Outcome {
-    let buf = match tokio::time::timeout(HEAD_TIMEOUT, read_head(io)).await {
-        Ok(Ok(Some(buf))) => buf,
-        Ok(Ok(None)) | Ok(Err(_)) => return Outcome::Done,
+    let upgrade = match tokio::time::timeout(HEAD_TIMEOUT, read_request(io, peer, ctx)).await {
+        Ok(Ok(Some(upgrade))) => upgrade,
+        Ok(Ok(None)) => return Outcome::Done,
+        Ok(Err(refusal)) => return answer_error(io, refusal, None).await,
         Err(_) => {
             let err = ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 "the request head did not arrive in time",
             );
-            let _ = write_all(io, &error_response(&err, &[])).await;
-            return Outcome::Done;
+            return answer_error(io, (err, &[]), None).await;
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(&buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            let err = ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "invalid_request",
-                "request head too large",
-            );
-            let _ = write_all(io, &error_response(&err, &[])).await;
-            return Outcome::Done;
-        }
+    let request_id = Some(upgrade.request_id.as_str());
+    let Some(target) = SocketTarget::of_path(upgrade.path()) else {
+        let err = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+        return answer_error(io, (err, &[]), request_id).await;
+    };
+    let decision = match resolve(ctx, &target, &upgrade.parts()).await {
+        Ok(d) => d,
         Err(e) => {
-            let status = if e == httparse::Error::TooManyHeaders {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            let err = ApiError::new(status, "invalid_request", "malformed request head");
-            let _ = write_all(io, &error_response(&err, &[])).await;
-            return Outcome::Done;
+            if e.status.is_server_error() {
+                tracing::warn!(
+                    request_id,
+                    status = e.status.as_u16(),
+                    "socket upgrade failed"
+                );
+            }
+            return answer_error(io, (e, &[]), request_id).await;
         }
     };
-    let answer = match check(&req, peer, ctx).await {
-        Ok((answer, decision)) => {
-            if write_all(io, answer.as_bytes()).await.is_err() {
-                return Outcome::Done;
-            }
-            match decision {
-                Decision::Start(spec) => Outcome::Session(spec, buf[head_len..].to_vec()),
-                Decision::Refuse(code, why) => Outcome::Refused(code, why),
-            }
-        }
-        Err((err, extra)) => {
-            let _ = write_all(io, &error_response(&err, extra)).await;
-            Outcome::Done
-        }
-    };
-    drop(buf);
-    answer
+    drop(target);
+    if switching_protocols(io, &upgrade.accept, &upgrade.request_id)
+        .await
+        .is_err()
+    {
+        return Outcome::Done;
+    }
+    match decision {
+        Decision::Start(spec) => Outcome::Session(spec, upgrade.early),
+        Decision::Refuse(code, why) => Outcome::Refused(code, why),
+    }
 }
 
-/// Reads until the end of the request head; `None` when the client goes away first.
-async fn read_head(io: &TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::with_capacity(1024);
+/// Reads the request head and checks it; `Ok(None)` when the client goes away first.
+async fn read_request(
+    io: &TcpStream,
+    peer: Option<SocketAddr>,
+    ctx: &AppContext,
+) -> Result<Option<Upgrade>, Refusal> {
+    // Only for a head that does not come in one read.
+    let mut slow: Option<Vec<u8>> = None;
     loop {
-        io.readable().await?;
-        let len = buf.len();
-        if len == MAX_HEAD_BYTES {
-            // Let the parser report it: a head that does not fit is refused as too large.
-            return Ok(Some(buf));
+        if io.readable().await.is_err() {
+            return Ok(None);
         }
-        buf.resize((len + 2048).min(MAX_HEAD_BYTES), 0);
-        match io.try_read(&mut buf[len..]) {
-            Ok(0) => return Ok(None),
-            Ok(n) => {
-                buf.truncate(len + n);
-                let from = len.saturating_sub(3);
-                if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-                    return Ok(Some(buf));
+        let step = HEAD.with(|head| {
+            let mut head = head.borrow_mut();
+            let buf: &mut [u8] = match &slow {
+                None => &mut head[..],
+                Some(so_far) => &mut head[..MAX_HEAD_BYTES.saturating_sub(so_far.len()).max(1)],
+            };
+            let n = match io.try_read(buf) {
+                Ok(0) => return Some(Ok(None)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(_) => return Some(Ok(None)),
+            };
+            let bytes: &[u8] = match &mut slow {
+                None => &head[..n],
+                Some(so_far) => {
+                    so_far.extend_from_slice(&head[..n]);
+                    so_far
                 }
+            };
+            match parse(bytes, peer, ctx) {
+                Ok(Some(upgrade)) => Some(Ok(Some(upgrade))),
+                Ok(None) if bytes.len() >= MAX_HEAD_BYTES => Some(Err((
+                    ApiError::new(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "invalid_request",
+                        "request head too large",
+                    ),
+                    &[][..],
+                ))),
+                Ok(None) => {
+                    if slow.is_none() {
+                        slow = Some(head[..n].to_vec());
+                    }
+                    None
+                }
+                Err(refusal) => Some(Err(refusal)),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(len),
-            Err(e) => return Err(e),
+        });
+        if let Some(result) = step {
+            return result;
         }
     }
 }
 
-fn header<'h>(req: &httparse::Request<'h, '_>, name: &str) -> Option<&'h str> {
-    req.headers
+fn header<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
+    headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(str::trim)
 }
 
-fn headers<'r, 'h: 'r>(
-    req: &'r httparse::Request<'h, '_>,
-    name: &'r str,
-) -> impl Iterator<Item = &'h str> + 'r {
-    req.headers
+fn headers<'a, 'h: 'a>(
+    headers: &'a [httparse::Header<'h>],
+    name: &'a str,
+) -> impl Iterator<Item = &'h str> + 'a {
+    headers
         .iter()
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
         .filter_map(|h| std::str::from_utf8(h.value).ok())
@@ -153,64 +212,84 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-type Refusal = (ApiError, &'static [(&'static str, &'static str)]);
-
-/// Everything between the parsed head and the answer: the limits, the upgrade headers, the decision.
-async fn check(
-    req: &httparse::Request<'_, '_>,
+/// Parses and checks a request head; `Ok(None)` when it is not complete yet.
+fn parse(
+    bytes: &[u8],
     peer: Option<SocketAddr>,
     ctx: &AppContext,
-) -> Result<(String, Decision), Refusal> {
-    let target = req.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+) -> Result<Option<Upgrade>, Refusal> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    let head_len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err((
+                ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "invalid_request",
+                    "too many headers",
+                ),
+                &[],
+            ))
+        }
+        Err(_) => return Err((ApiError::invalid("malformed request head"), &[])),
+    };
+    let h = &*req.headers;
+    // The socket-connect limit, before anything else (as actix-web's middleware counts `/ws/`).
     if let Some(peer) = peer {
         if let Some(ip) = ctx
             .limits
-            .client_ip_from(peer.ip(), headers(req, "x-forwarded-for"))
+            .client_ip_from(peer.ip(), headers(h, "x-forwarded-for"))
         {
             ctx.limits
                 .check(Tier::Sockets, ip)
                 .map_err(|e| (e, &[][..]))?;
         }
     }
-    let Some(socket) = SocketTarget::of_path(path) else {
-        return Err((
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
-            &[],
-        ));
-    };
     if req.version != Some(1) {
         return Err((ApiError::invalid("WebSocket upgrades need HTTP/1.1"), &[]));
     }
     let upgrade =
-        header(req, "upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
+        header(h, "upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
     if !upgrade {
         return Err((ApiError::invalid("no WebSocket upgrade header"), &[]));
     }
-    if !has_token(header(req, "connection"), "upgrade") {
+    if !has_token(header(h, "connection"), "upgrade") {
         return Err((ApiError::invalid("no connection upgrade header"), &[]));
     }
-    if header(req, "sec-websocket-version") != Some("13") {
+    if header(h, "sec-websocket-version") != Some("13") {
         return Err((
             ApiError::invalid("unsupported WebSocket version"),
             &[("sec-websocket-version", "13")],
         ));
     }
-    let key = match header(req, "sec-websocket-key") {
+    let key = match header(h, "sec-websocket-key") {
         Some(k) if !k.is_empty() => k,
         _ => return Err((ApiError::invalid("missing sec-websocket-key"), &[])),
     };
-    let parts = RequestParts {
-        authorization: header(req, "authorization"),
-        query,
-        cookies: headers(req, "cookie").collect(),
-        origin: header(req, "origin"),
-        host: header(req, "host"),
-    };
-    let decision = resolve(ctx, &socket, &parts)
-        .await
-        .map_err(|e| (e, &[][..]))?;
-    Ok((switching_protocols(key), decision))
+    let target = req.path.unwrap_or("/").to_string();
+    Ok(Some(Upgrade {
+        query_at: target.find('?'),
+        target,
+        authorization: header(h, "authorization").map(str::to_string),
+        cookies: headers(h, "cookie").map(str::to_string).collect(),
+        origin: header(h, "origin").map(str::to_string),
+        host: header(h, "host").map(str::to_string),
+        accept: accept_key(key),
+        request_id: request_id(header(h, "x-request-id")),
+        early: bytes[head_len..].to_vec(),
+    }))
+}
+
+/// The caller's sane `X-Request-Id`, or a new one (the rule of `telemetry::request_span`).
+fn request_id(given: Option<&str>) -> String {
+    given
+        .filter(|v| {
+            (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
 /// `Sec-WebSocket-Accept` for a client's key.
@@ -221,26 +300,53 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-fn switching_protocols(key: &str) -> String {
-    let mut out = String::with_capacity(512);
-    out.push_str(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
-    );
-    out.push_str("sec-websocket-accept: ");
-    out.push_str(&accept_key(key));
-    out.push_str("\r\n");
-    for (name, value) in SECURITY_HEADERS {
-        out.push_str(name);
-        out.push_str(": ");
-        out.push_str(value);
-        out.push_str("\r\n");
+/// Writes the 101 answer, straight from the per-thread buffer when the kernel takes it at once.
+async fn switching_protocols(io: &TcpStream, accept: &str, request_id: &str) -> io::Result<()> {
+    let rest = HEAD.with(|head| {
+        let mut head = head.borrow_mut();
+        let mut out: &mut [u8] = &mut head[..];
+        let total = out.len();
+        let mut put = |s: &str| {
+            let n = s.len().min(out.len());
+            let taken = std::mem::take(&mut out);
+            taken[..n].copy_from_slice(&s.as_bytes()[..n]);
+            out = &mut taken[n..];
+        };
+        put("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n");
+        put("sec-websocket-accept: ");
+        put(accept);
+        put("\r\nx-request-id: ");
+        put(request_id);
+        put("\r\n");
+        for (name, value) in SECURITY_HEADERS {
+            put(name);
+            put(": ");
+            put(value);
+            put("\r\n");
+        }
+        put("\r\n");
+        let len = total - out.len();
+        let answer = &head[..len];
+        match io.try_write(answer) {
+            Ok(n) if n == len => Ok(None),
+            Ok(n) => Ok(Some(answer[n..].to_vec())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(answer.to_vec())),
+            Err(e) => Err(e),
+        }
+    })?;
+    match rest {
+        Some(rest) => write_all(io, &rest).await,
+        None => Ok(()),
     }
-    out.push_str("\r\n");
-    out
+}
+
+async fn answer_error(io: &TcpStream, (err, extra): Refusal, request_id: Option<&str>) -> Outcome {
+    let _ = write_all(io, &error_response(&err, extra, request_id)).await;
+    Outcome::Done
 }
 
 /// An HTTP error answer in PROTOCOL.md's shape; the connection closes after it.
-fn error_response(err: &ApiError, extra: &[(&str, &str)]) -> Vec<u8> {
+fn error_response(err: &ApiError, extra: &[(&str, &str)], request_id: Option<&str>) -> Vec<u8> {
     let body = serde_json::to_vec(&ErrorBody {
         error: err.code.to_string(),
         message: err.message.clone(),
@@ -248,7 +354,8 @@ fn error_response(err: &ApiError, extra: &[(&str, &str)]) -> Vec<u8> {
     })
     .unwrap_or_default();
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nconnection: close\r\n",
         err.status.as_u16(),
         err.status.canonical_reason().unwrap_or(""),
         body.len()
@@ -258,6 +365,9 @@ fn error_response(err: &ApiError, extra: &[(&str, &str)]) -> Vec<u8> {
     }
     for (name, value) in SECURITY_HEADERS.iter().chain(extra) {
         head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(id) = request_id {
+        head.push_str(&format!("x-request-id: {id}\r\n"));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
@@ -292,6 +402,14 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_echoed_when_sane_and_made_up_otherwise() {
+        assert_eq!(request_id(Some("abc-123")), "abc-123");
+        assert_eq!(request_id(None).len(), 16);
+        assert_eq!(request_id(Some("no spaces")).len(), 16);
+        assert_eq!(request_id(Some(&"x".repeat(65))).len(), 16);
+    }
+
+    #[test]
     fn connection_tokens_are_matched_in_lists() {
         assert!(has_token(Some("keep-alive, Upgrade"), "upgrade"));
         assert!(!has_token(Some("keep-alive"), "upgrade"));
@@ -300,11 +418,16 @@ mod tests {
 
     #[test]
     fn error_answers_carry_the_json_body_and_the_security_headers() {
-        let text =
-            String::from_utf8(error_response(&ApiError::rate_limited(7), &[])).expect("utf-8");
+        let text = String::from_utf8(error_response(
+            &ApiError::rate_limited(7),
+            &[],
+            Some("abc-1"),
+        ))
+        .expect("utf-8");
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(text.contains("retry-after: 7\r\n"));
         assert!(text.contains("x-frame-options: DENY\r\n"));
+        assert!(text.contains("x-request-id: abc-1\r\n"));
         assert!(
             text.ends_with(r#"{"error":"rate_limited","message":"too many requests; slow down"}"#)
         );

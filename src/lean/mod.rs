@@ -7,35 +7,41 @@
 //! How: [`crate::startup`] runs its own acceptor (actix-server) instead of `HttpServer`. Each worker
 //! builds the actix-web app once, as an actix-http service, and [`service`] routes every accepted
 //! connection by peeking at its first bytes:
-//! - `GET /ws/…` goes to the lean path: [`handshake`] reads the request head into a temporary buffer,
-//!   applies the socket-connect rate limit and the security headers (what actix-web's middleware does
-//!   for `/ws/`), decides with `routes::sockets::resolve` (one implementation for both transports),
-//!   answers 101 and starts the [`SocketSession`](scan2order_actors::session::SocketSession) actor on
-//!   the worker; then [`conn::Connection`], one task per socket, carries frames between the socket and
-//!   the session's seam;
+//! - `GET /ws/…` goes to the lean path: [`handshake`] reads the request head, applies the
+//!   socket-connect rate limit and the security headers (what actix-web's middleware does for `/ws/`),
+//!   decides with `routes::sockets::resolve` (one implementation for both transports) and answers 101;
+//!   then the [`SocketSession`] actor starts on the worker with a [`Connection`] as its stream of inbound
+//!   frames. The connection owns the `TcpStream` and also drains the session's sink into it, so a
+//!   socket is one actor task and no buffer;
 //! - everything else is handed, untouched, to actix-http, so HTTP keeps actix-web's full performance
 //!   (and a `/ws/` request on a reused keep-alive connection still works, through the actix-ws routes).
 //!
 //! With `sockets.transport = "actix-ws"` every connection goes to actix-web (the reference transport,
 //! for benchmarks).
+//!
+//! The acceptor stops counting a lean socket once it is handed to its session; [`LiveSockets`] counts
+//! them instead, so that shutdown can wait for their closing handshakes.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use actix::Actor;
+use actix::prelude::*;
 use actix_http::error::DispatchError;
 use actix_service::{fn_factory, fn_service, Service, ServiceFactory};
+use scan2order_actors::session::{SessionSettings, SocketSession};
 use scan2order_actors::sink::SocketSink;
 use tokio::net::TcpStream;
 
 use crate::config::SocketTransport;
 use crate::context::AppContext;
+use crate::routes::sockets::session_settings;
 
 pub mod conn;
 pub mod frame;
 pub mod handshake;
 
-use conn::Connection;
+pub use conn::{Connection, LiveSockets};
 use handshake::Outcome;
 
 /// The request line prefix that takes a connection off actix-web.
@@ -47,6 +53,7 @@ pub fn service<F>(
     http: F,
     ctx: AppContext,
     transport: SocketTransport,
+    live: LiveSockets,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()>
 where
     F: ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
@@ -54,47 +61,54 @@ where
     F::Service: 'static,
     F::Future: 'static,
 {
-    let ctx = Rc::new(ctx);
+    let worker = Rc::new(Worker {
+        session_settings: Arc::new(session_settings(&ctx.settings.sockets)),
+        ctx,
+        live,
+    });
     fn_factory(move || {
         let http = http.new_service(());
-        let ctx = ctx.clone();
+        let worker = worker.clone();
         async move {
             let http = Rc::new(http.await?);
             Ok::<_, ()>(fn_service(move |io: TcpStream| {
-                let fut = route(io, http.clone(), ctx.clone(), transport);
-                static ONCE: std::sync::Once = std::sync::Once::new();
-                ONCE.call_once(|| {
-                    eprintln!(
-                        "SIZES route={} conn={} sleep={} stream={}",
-                        std::mem::size_of_val(&fut),
-                        std::mem::size_of::<Connection>(),
-                        std::mem::size_of::<tokio::time::Sleep>(),
-                        std::mem::size_of::<TcpStream>()
-                    )
-                });
-                fut
+                route(io, http.clone(), worker.clone(), transport)
             }))
         }
     })
 }
 
+/// What a worker's lean sockets share.
+struct Worker {
+    ctx: AppContext,
+    session_settings: Arc<SessionSettings>,
+    live: LiveSockets,
+}
+
 async fn route<S>(
     io: TcpStream,
     http: Rc<S>,
-    ctx: Rc<AppContext>,
+    worker: Rc<Worker>,
     transport: SocketTransport,
 ) -> Result<(), ()>
 where
     S: Service<TcpStream, Response = (), Error = DispatchError>,
 {
-    if transport == SocketTransport::Lean && is_socket_request(&io).await {
-        drop(http);
-        if let Some(conn) = Box::pin(open(io, ctx)).await {
-            conn.await;
-        }
+    let lean = transport == SocketTransport::Lean;
+    // A connection that sends nothing is dropped after the time a request head may take (actix-web
+    // would drop it the same way); without this it would wait in `peek` forever.
+    let socket = match tokio::time::timeout(handshake::HEAD_TIMEOUT, async {
+        lean && is_socket_request(&io).await
+    })
+    .await
+    {
+        Ok(socket) => socket,
+        Err(_) => return Ok(()),
+    };
+    if socket {
+        Box::pin(open(io, worker)).await;
     } else {
-        drop(ctx);
-        // Boxed: the HTTP dispatcher's future is large, and sockets should not pay for its room.
+        // Boxed: the HTTP dispatcher's future is large and sockets should not pay for its room.
         let _ = Box::pin(http.call(io)).await;
     }
     Ok(())
@@ -103,7 +117,6 @@ where
 /// Whether the connection starts with `GET /ws/`. Peeking leaves the bytes for whoever serves it.
 async fn is_socket_request(io: &TcpStream) -> bool {
     let mut buf = [0u8; SOCKET_PREFIX.len()];
-    let started = Instant::now();
     loop {
         match io.peek(&mut buf).await {
             Ok(0) | Err(_) => return false,
@@ -111,36 +124,29 @@ async fn is_socket_request(io: &TcpStream) -> bool {
             Ok(n) if buf[..n] != SOCKET_PREFIX[..n] => return false,
             Ok(_) => {
                 // A prefix of it: the request line came in pieces. Rare; wait for the rest.
-                if started.elapsed() > handshake::HEAD_TIMEOUT {
-                    return false;
-                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
     }
 }
 
-/// The handshake, then the session and its connection (or nothing, when refused).
-async fn open(io: TcpStream, ctx: Rc<AppContext>) -> Option<Connection> {
+/// The handshake, then the session with its connection as its stream of inbound frames.
+async fn open(io: TcpStream, worker: Rc<Worker>) {
     let peer = io.peer_addr().ok();
-    match handshake::handshake(&io, peer, &ctx).await {
+    match handshake::handshake(&io, peer, &worker.ctx).await {
         Outcome::Session(spec, early) => {
             let _ = io.set_nodelay(true);
-            let settings = &ctx.settings.sockets;
+            let settings = &worker.ctx.settings.sockets;
             let (sink, rx) = SocketSink::channel(settings.outbound_queue);
-            let session = spec.into_session(sink, settings).start();
-            Some(Connection::new(
-                io,
-                rx,
-                session,
-                settings.max_frame_bytes,
-                early,
-            ))
+            let live = worker.live.clone();
+            let conn = Connection::new(io, rx, settings.max_frame_bytes, early, live);
+            let session = spec.into_session(sink, worker.session_settings.clone());
+            SocketSession::create(move |actor_ctx| {
+                actor_ctx.add_stream(conn);
+                session
+            });
         }
-        Outcome::Refused(code, why) => {
-            conn::refuse(io, code, why).await;
-            None
-        }
-        Outcome::Done => None,
+        Outcome::Refused(code, why) => conn::refuse(io, code, why).await,
+        Outcome::Done => {}
     }
 }

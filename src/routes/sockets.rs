@@ -7,6 +7,7 @@
 //! when `sockets.transport = "actix-ws"`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -109,7 +110,7 @@ pub struct SessionSpec {
 
 impl SessionSpec {
     /// The session actor for this spec, talking to its socket through `sink`.
-    pub fn into_session(self, sink: SocketSink, settings: &SocketSettings) -> SocketSession {
+    pub fn into_session(self, sink: SocketSink, settings: Arc<SessionSettings>) -> SocketSession {
         SocketSession::new(
             self.restaurant,
             self.audience,
@@ -117,7 +118,7 @@ impl SessionSpec {
             self.staff,
             sink,
             self.resume,
-            session_settings(settings),
+            settings,
         )
     }
 }
@@ -162,7 +163,8 @@ pub async fn resolve(
             Err(e) => Err(ApiError::from(e)),
         },
         SocketTarget::Kitchen => {
-            let staff = match authenticate_staff_parts(ctx, parts, true).await {
+            // Boxed: a table socket's handshake should not carry room for a database query.
+            let staff = match Box::pin(authenticate_staff_parts(ctx, parts, true)).await {
                 Ok(s) => s,
                 Err(e) if e.status.is_client_error() => {
                     return Ok(Decision::Refuse(close_code::POLICY, "not signed in"))

@@ -104,6 +104,18 @@ impl RawSocket {
         self.read_head().await
     }
 
+    /// Sends the rest of an upgrade request whose first bytes (`GET /ws/`) are already out.
+    async fn upgrade_rest(&mut self, app: &TestApp, rest_of_path: &str) -> String {
+        let req = format!(
+            "{rest_of_path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            app.port
+        );
+        self.tcp.write_all(req.as_bytes()).await.expect("write");
+        self.read_head().await
+    }
+
     async fn read_head(&mut self) -> String {
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -214,9 +226,14 @@ async fn expect_forbidden(socket: &mut RawSocket, request_id: &str) {
 async fn the_upgrade_answer_carries_the_accept_key_and_the_security_headers() {
     let app = spawn_app().await;
     let r = app.restaurant("roma", 1, 1).await;
-    let (mut socket, head) =
-        RawSocket::open(&app, &format!("/ws/table/{}", r.tables[0].token), &[]).await;
+    let (mut socket, head) = RawSocket::open(
+        &app,
+        &format!("/ws/table/{}", r.tables[0].token),
+        &[("X-Request-Id", "lean-req-1")],
+    )
+    .await;
     let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id: lean-req-1\r\n"), "{head}");
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     // RFC 6455 §1.3's example key and answer.
     assert!(
@@ -619,4 +636,61 @@ async fn events_reach_a_lean_socket_as_server_frames() {
         ),
         "{msg:?}"
     );
+}
+
+#[actix_web::test]
+async fn a_connection_that_never_sends_anything_is_dropped() {
+    let app = spawn_app().await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(8), tcp.read(&mut buf))
+        .await
+        .expect("the server let a silent connection stay open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
+
+#[actix_web::test]
+async fn a_request_line_that_arrives_in_pieces_still_reaches_the_right_transport() {
+    let app = spawn_app().await;
+    let r = app.restaurant("roma", 1, 1).await;
+    // A socket whose request line comes a few bytes at a time.
+    let tcp = TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut socket = RawSocket {
+        tcp,
+        buf: Vec::new(),
+    };
+    for piece in ["G", "ET /w", "s/"] {
+        socket.send(piece.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head = socket
+        .upgrade_rest(&app, &format!("table/{}", r.tables[0].token))
+        .await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    socket.hello_snapshot().await;
+    // And plain HTTP in pieces goes to actix-web.
+    let mut tcp = TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    for piece in [
+        "GE",
+        "T /heal",
+        "thz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        tcp.write_all(piece.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
