@@ -9,7 +9,7 @@
 # 127.0.0.1:5432 (user postgres) and a hard file limit of at least N + 100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-lean}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scan2order/target}"
 cargo build --release --quiet --bin scan2order --example socket_memory
 BIN="$CARGO_TARGET_DIR/release/scan2order"
 CLIENT="$CARGO_TARGET_DIR/release/examples/socket_memory"
