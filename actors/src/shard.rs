@@ -443,6 +443,7 @@ impl ShardSupervisor {
             .collect()
     }
 
+    /// Per-shard figures, with messages/s and p99 over the interval since the previous call.
     pub fn shard_stats(&self) -> Vec<ShardStats> {
         let now = std::time::Instant::now();
         let handled: Vec<u64> = self
@@ -465,38 +466,20 @@ impl ShardSupervisor {
                 latency: latency.clone(),
             })
         };
-        let mut counts = vec![0usize; self.inner.shards.len()];
-        for e in self.inner.registry.iter() {
-            if e.value().get().is_some() {
-                counts[self.shard_of(*e.key())] += 1;
-            }
+        let mut stats = self.shard_gauges();
+        for (i, st) in stats.iter_mut().enumerate() {
+            st.messages_per_s = match &previous {
+                Some(p) if now > p.at => {
+                    handled[i].saturating_sub(p.handled[i]) as f64 / (now - p.at).as_secs_f64()
+                }
+                _ => 0.0,
+            };
+            st.p99_ms = match &previous {
+                Some(p) => p99_ms(&p.latency[i], &latency[i]),
+                None => p99_ms(&[0; LATENCY_BUCKETS], &latency[i]),
+            };
         }
-        self.inner
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ShardStats {
-                shard: i,
-                restaurants: counts[i],
-                messages_per_s: match &previous {
-                    Some(p) if now > p.at => {
-                        handled[i].saturating_sub(p.handled[i]) as f64 / (now - p.at).as_secs_f64()
-                    }
-                    _ => 0.0,
-                },
-                p99_ms: match &previous {
-                    Some(p) => p99_ms(&p.latency[i], &latency[i]),
-                    None => p99_ms(&[0; LATENCY_BUCKETS], &latency[i]),
-                },
-                mailbox_depth: s.in_flight.load(Ordering::Relaxed),
-                messages_handled: s.handled.load(Ordering::Relaxed),
-                writer_queue: s.writer_stats.queued.load(Ordering::Relaxed),
-                batches: s.writer_stats.batches.load(Ordering::Relaxed),
-                writes: s.writer_stats.ops.load(Ordering::Relaxed),
-                failed_batches: s.writer_stats.failed_batches.load(Ordering::Relaxed),
-                largest_batch: s.writer_stats.largest_batch.load(Ordering::Relaxed),
-            })
-            .collect()
+        stats
     }
 
     /// Whether every shard's writer is alive.
