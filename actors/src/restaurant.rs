@@ -632,6 +632,37 @@ fn count_refusal(e: &EngineError) {
 const PASSIVATION_CHECK_MIN: Duration = Duration::from_millis(100);
 const PASSIVATION_CHECK_MAX: Duration = Duration::from_secs(60);
 
+/// A write whose commit nobody saw.
+enum Unsettled {
+    Insert(Box<OrderRow>),
+    Status(Uuid),
+}
+
+/// Waits until the transaction that carried `write` is over, then reads what it left; `None` while the
+/// database cannot answer. A plain read could run before an in-flight COMMIT finishes and wrongly
+/// conclude "never written", so it first takes a lock the in-flight transaction holds: the unique
+/// idempotency key of a new order (a probe insert, rolled back), or the row lock of a status change.
+async fn settle(pool: &DbPool, write: &Unsettled) -> Option<Option<StoredOrder>> {
+    let mut conn = pool.get().await.ok()?;
+    match write {
+        Unsettled::Insert(row) => {
+            if !StoredOrder::settle_insert(&mut conn, row).await.ok()? {
+                return Some(None);
+            }
+            StoredOrder::find_by_key(&mut conn, row.restaurant_id, &row.idempotency_key)
+                .await
+                .ok()
+        }
+        Unsettled::Status(id) => {
+            StoredOrder::settle_row(&mut conn, *id).await.ok()?;
+            StoredOrder::find(&mut conn, *id).await.ok()
+        }
+    }
+}
+
+/// Longest wait for the transaction of an unsettled write to finish before trying again.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// First and longest wait between reads that settle a write of unknown outcome.
 const RECONCILE_FIRST: Duration = Duration::from_millis(200);
 const RECONCILE_MAX: Duration = Duration::from_secs(10);
@@ -640,23 +671,30 @@ impl RestaurantActor {
     /// A write whose commit is unknown (the database went away mid-transaction, or did not answer in
     /// time): read the order back until the database answers, then make memory and sockets agree with
     /// what was stored. An order that did commit reaches the kitchen even if its guest never retries.
-    fn reconcile_later(&self, ctx: &mut Context<Self>, id: Uuid) {
+    fn reconcile_later(&self, ctx: &mut Context<Self>, write: Unsettled) {
         let pool = self.pool.clone();
+        let id = match &write {
+            Unsettled::Insert(row) => row.id,
+            Unsettled::Status(id) => *id,
+        };
         ctx.spawn(
             async move {
                 let mut wait = RECONCILE_FIRST;
                 loop {
-                    if let Ok(mut conn) = pool.get().await {
-                        if let Ok(found) = StoredOrder::find(&mut conn, id).await {
-                            return found;
-                        }
+                    if let Ok(Some(found)) =
+                        tokio::time::timeout(SETTLE_TIMEOUT, settle(&pool, &write)).await
+                    {
+                        return found;
                     }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(RECONCILE_MAX);
                 }
             }
             .into_actor(self)
-            .map(move |found, act, _| act.reconcile(id, found)),
+            .map(move |found: Option<StoredOrder>, act, _| {
+                let id = found.as_ref().map_or(id, |f| f.row.id);
+                act.reconcile(id, found)
+            }),
         );
     }
 
@@ -784,15 +822,15 @@ impl Handler<PlaceOrder> for RestaurantActor {
             async move { writer.send(Write(op)).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
-                    let order_id = stored.row.id;
+                    let row = &stored.row;
                     let result = match res {
                         Err(_) => {
-                            act.reconcile_later(ctx, order_id);
+                            act.reconcile_later(ctx, Unsettled::Insert(Box::new(row.clone())));
                             Err(EngineError::Unavailable)
                         }
                         Ok(Err(e)) => {
                             if e.outcome_unknown() {
-                                act.reconcile_later(ctx, order_id);
+                                act.reconcile_later(ctx, Unsettled::Insert(Box::new(row.clone())));
                             }
                             Err(writer_error(e))
                         }
@@ -888,12 +926,12 @@ impl Handler<ChangeStatus> for RestaurantActor {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => {
                             if e.outcome_unknown() {
-                                act.reconcile_later(ctx, id);
+                                act.reconcile_later(ctx, Unsettled::Status(id));
                             }
                             Err(writer_error(e))
                         }
                         Err(_) => {
-                            act.reconcile_later(ctx, id);
+                            act.reconcile_later(ctx, Unsettled::Status(id));
                             Err(EngineError::Unavailable)
                         }
                     };

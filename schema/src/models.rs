@@ -558,6 +558,55 @@ impl StoredOrder {
         }
     }
 
+    /// Waits until no other transaction is writing this order's idempotency key, then tells whether an
+    /// order with that key is committed: a probe insert of the same row (`ON CONFLICT DO NOTHING`) blocks
+    /// on the key's unique index while another transaction holds it, and is always rolled back.
+    pub async fn settle_insert(conn: &mut DbConn, row: &OrderRow) -> QueryResult<bool> {
+        use diesel_async::AsyncConnection;
+        enum Probe {
+            Committed(bool),
+            Db(diesel::result::Error),
+        }
+        impl From<diesel::result::Error> for Probe {
+            fn from(e: diesel::result::Error) -> Probe {
+                Probe::Db(e)
+            }
+        }
+        let outcome = conn
+            .transaction(async |c| {
+                let inserted: Option<Uuid> = diesel::insert_into(orders::table)
+                    .values(row.clone())
+                    .on_conflict((orders::restaurant_id, orders::idempotency_key))
+                    .do_nothing()
+                    .returning(orders::id)
+                    .get_result(c)
+                    .await
+                    .optional()?;
+                Err::<(), Probe>(Probe::Committed(inserted.is_none()))
+            })
+            .await;
+        match outcome {
+            Err(Probe::Committed(committed)) => Ok(committed),
+            Err(Probe::Db(e)) => Err(e),
+            Ok(()) => Ok(false),
+        }
+    }
+
+    /// Waits until no other transaction holds this order's row lock (a status change in flight).
+    pub async fn settle_row(conn: &mut DbConn, id: Uuid) -> QueryResult<()> {
+        use diesel_async::AsyncConnection;
+        conn.transaction(async |c| {
+            orders::table
+                .find(id)
+                .select(orders::id)
+                .for_share()
+                .load::<Uuid>(c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// The kitchen's live orders (not served or cancelled), oldest first. Uses `orders_live`.
     pub async fn live_for(conn: &mut DbConn, restaurant: Uuid) -> QueryResult<Vec<StoredOrder>> {
         let rows: Vec<OrderRow> = orders::table
