@@ -7,7 +7,6 @@ use std::fmt;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use scan2order_actors::restaurant::EngineError;
-use scan2order_actors::session::engine_error_code;
 use scan2order_schema::domain::MenuItemId;
 use scan2order_schema::wire::ErrorBody;
 
@@ -119,7 +118,7 @@ impl ResponseError for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
-        let (code, message) = engine_error_code(&e);
+        let (code, message) = e.code();
         let status = match &e {
             EngineError::NotFound => StatusCode::NOT_FOUND,
             EngineError::Invalid(_) => StatusCode::BAD_REQUEST,

@@ -82,6 +82,21 @@ pub enum EngineError {
     Unavailable,
 }
 
+impl EngineError {
+    /// The protocol code and sentence of this error, shared by REST answers and socket errors.
+    pub fn code(&self) -> (&'static str, String) {
+        match self {
+            EngineError::NotFound => ("not_found", "no such order in this restaurant".into()),
+            EngineError::Invalid(m) => ("invalid_request", m.clone()),
+            EngineError::ItemUnavailable(_) => ("item_unavailable", self.to_string()),
+            EngineError::NotAccepting => ("not_accepting_orders", self.to_string()),
+            EngineError::InvalidTransition { .. } => ("invalid_transition", self.to_string()),
+            EngineError::IdempotencyConflict => ("idempotency_key_reused", self.to_string()),
+            EngineError::Unavailable => ("unavailable", self.to_string()),
+        }
+    }
+}
+
 /// Who a subscriber is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Audience {
@@ -624,7 +639,7 @@ impl Actor for RestaurantActor {
 
 /// Counts an order the engine refused, by protocol code.
 fn count_refusal(e: &EngineError) {
-    let (code, _) = crate::session::engine_error_code(e);
+    let (code, _) = e.code();
     metrics::counter!("s2o_orders_refused_total", "reason" => code).increment(1);
 }
 

@@ -198,7 +198,7 @@ impl SocketSession {
                         .map(move |res, act, _| match res {
                             Ok(Ok(_)) => act.send(&ServerMsg::Ack { request_id }),
                             Ok(Err(e)) => {
-                                let (code, message) = engine_error_code(&e);
+                                let (code, message) = e.code();
                                 act.error(Some(request_id), code, message);
                             }
                             Err(_) => act.error(
@@ -228,19 +228,6 @@ impl SocketSession {
         }
         self.window_count += 1;
         self.window_count <= self.settings.max_inbound_per_sec
-    }
-}
-
-/// The protocol code and sentence for an engine error, shared by REST and sockets.
-pub fn engine_error_code(e: &EngineError) -> (&'static str, String) {
-    match e {
-        EngineError::NotFound => ("not_found", "no such order in this restaurant".into()),
-        EngineError::Invalid(m) => ("invalid_request", m.clone()),
-        EngineError::ItemUnavailable(_) => ("item_unavailable", e.to_string()),
-        EngineError::NotAccepting => ("not_accepting_orders", e.to_string()),
-        EngineError::InvalidTransition { .. } => ("invalid_transition", e.to_string()),
-        EngineError::IdempotencyConflict => ("idempotency_key_reused", e.to_string()),
-        EngineError::Unavailable => ("unavailable", e.to_string()),
     }
 }
 

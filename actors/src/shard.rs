@@ -200,10 +200,6 @@ impl ShardSupervisor {
         }
     }
 
-    pub fn shard_count(&self) -> usize {
-        self.inner.shards.len()
-    }
-
     /// The shard a restaurant lives on: stable across restarts for the same K.
     pub fn shard_of(&self, id: RestaurantId) -> usize {
         let (hi, lo) = id.get().as_u64_pair();

@@ -329,20 +329,6 @@ impl OtpChallenge {
             .optional()
     }
 
-    /// Challenges sent to a phone since `since` (for resend cooldowns and per-phone caps).
-    pub async fn count_since(
-        conn: &mut DbConn,
-        phone: &str,
-        since: DateTime<Utc>,
-    ) -> QueryResult<i64> {
-        otp_challenges::table
-            .filter(otp_challenges::phone.eq(phone))
-            .filter(otp_challenges::created_at.gt(since))
-            .count()
-            .get_result(conn)
-            .await
-    }
-
     /// Takes one attempt atomically; `None` when the code is used up or consumed already.
     pub async fn take_attempt(conn: &mut DbConn, id: Uuid, max: i32) -> QueryResult<Option<i32>> {
         diesel::update(

@@ -21,88 +21,85 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::auth::{self, hash_password, Staff};
+use crate::auth::{self, hash_password};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::qr;
 
+/// A resource whose other methods answer like any unknown route (404 in the protocol's shape).
+fn resource(path: impl Into<String>) -> actix_web::Resource {
+    web::resource(path.into()).default_service(web::to(super::not_found))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Every route here is admin-only; `auth::admin_required` checks it before any body is read.
+    let r = "/restaurants/{rid}";
     cfg.service(
         web::scope("/admin")
             .wrap(from_fn(auth::admin_required))
             .route("/shards", web::get().to(shards))
-            .route("/restaurants", web::post().to(create_restaurant))
-            .route("/restaurants", web::get().to(list_restaurants))
-            .route("/restaurants/{rid}", web::get().to(get_restaurant))
-            .route("/restaurants/{rid}", web::patch().to(update_restaurant))
-            .route(
-                "/restaurants/{rid}/categories",
-                web::post().to(create_category),
+            .service(
+                resource("/restaurants")
+                    .post(create_restaurant)
+                    .get(list_restaurants),
+            )
+            .service(resource(r).get(get_restaurant).patch(update_restaurant))
+            .service(
+                resource(format!("{r}/categories"))
+                    .post(create_category)
+                    .get(list_categories),
+            )
+            .service(
+                resource(format!("{r}/categories/{{cid}}"))
+                    .get(get_category)
+                    .patch(update_category)
+                    .delete(delete_category),
+            )
+            .service(
+                resource(format!("{r}/menu-items"))
+                    .post(create_item)
+                    .get(list_items),
+            )
+            .service(
+                resource(format!("{r}/menu-items/{{iid}}"))
+                    .get(get_item)
+                    .patch(update_item)
+                    .delete(delete_item),
+            )
+            .service(
+                resource(format!("{r}/tables"))
+                    .post(create_table)
+                    .get(list_tables),
+            )
+            .service(
+                resource(format!("{r}/tables/{{tid}}"))
+                    .get(get_table)
+                    .patch(update_table)
+                    .delete(delete_table),
             )
             .route(
-                "/restaurants/{rid}/categories",
-                web::get().to(list_categories),
-            )
-            .route(
-                "/restaurants/{rid}/categories/{cid}",
-                web::get().to(get_category),
-            )
-            .route(
-                "/restaurants/{rid}/categories/{cid}",
-                web::patch().to(update_category),
-            )
-            .route(
-                "/restaurants/{rid}/categories/{cid}",
-                web::delete().to(delete_category),
-            )
-            .route("/restaurants/{rid}/menu-items", web::post().to(create_item))
-            .route("/restaurants/{rid}/menu-items", web::get().to(list_items))
-            .route(
-                "/restaurants/{rid}/menu-items/{iid}",
-                web::get().to(get_item),
-            )
-            .route(
-                "/restaurants/{rid}/menu-items/{iid}",
-                web::patch().to(update_item),
-            )
-            .route(
-                "/restaurants/{rid}/menu-items/{iid}",
-                web::delete().to(delete_item),
-            )
-            .route("/restaurants/{rid}/tables", web::post().to(create_table))
-            .route("/restaurants/{rid}/tables", web::get().to(list_tables))
-            .route("/restaurants/{rid}/tables/{tid}", web::get().to(get_table))
-            .route(
-                "/restaurants/{rid}/tables/{tid}",
-                web::patch().to(update_table),
-            )
-            .route(
-                "/restaurants/{rid}/tables/{tid}",
-                web::delete().to(delete_table),
-            )
-            .route(
-                "/restaurants/{rid}/tables/{tid}/qr.svg",
+                &format!("{r}/tables/{{tid}}/qr.svg"),
                 web::get().to(table_qr_svg),
             )
             .route(
-                "/restaurants/{rid}/tables/{tid}/qr.png",
+                &format!("{r}/tables/{{tid}}/qr.png"),
                 web::get().to(table_qr_png),
             )
             .route(
-                "/restaurants/{rid}/tables/{tid}/rotate-token",
+                &format!("{r}/tables/{{tid}}/rotate-token"),
                 web::post().to(rotate_token),
             )
-            .route("/restaurants/{rid}/qr-sheet", web::get().to(qr_sheet))
-            .route("/restaurants/{rid}/staff", web::post().to(create_staff))
-            .route("/restaurants/{rid}/staff", web::get().to(list_staff))
-            .route(
-                "/restaurants/{rid}/staff/{uid}",
-                web::patch().to(update_staff),
+            .route(&format!("{r}/qr-sheet"), web::get().to(qr_sheet))
+            .service(
+                resource(format!("{r}/staff"))
+                    .post(create_staff)
+                    .get(list_staff),
             )
-            .route(
-                "/restaurants/{rid}/staff/{uid}",
-                web::delete().to(delete_staff),
+            .service(
+                resource(format!("{r}/staff/{{uid}}"))
+                    .patch(update_staff)
+                    .delete(delete_staff),
             ),
     );
 }
@@ -398,8 +395,7 @@ fn unexpected(outcome: AdminOutcome) -> ApiError {
 /// How many of the busiest restaurants the shard endpoint lists.
 const BUSIEST_SHOWN: usize = 20;
 
-async fn shards(ctx: web::Data<AppContext>, staff: Staff) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
+async fn shards(ctx: web::Data<AppContext>) -> ApiResult<HttpResponse> {
     let mut restaurants = ctx.engine.restaurant_stats().await;
     restaurants.sort_by_key(|r| std::cmp::Reverse(r.messages));
     restaurants.truncate(BUSIEST_SHOWN);
@@ -426,10 +422,8 @@ struct NewRestaurant {
 
 async fn create_restaurant(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     body: Json<NewRestaurant>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let b = body.into_inner();
     let warn = threshold("ticket_warn_after_s", b.ticket_warn_after_s.unwrap_or(600))?;
     let late = threshold("ticket_late_after_s", b.ticket_late_after_s.unwrap_or(1200))?;
@@ -467,8 +461,7 @@ async fn create_restaurant(
     Ok(HttpResponse::Created().json(RestaurantOut::from(r)))
 }
 
-async fn list_restaurants(ctx: web::Data<AppContext>, staff: Staff) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
+async fn list_restaurants(ctx: web::Data<AppContext>) -> ApiResult<HttpResponse> {
     let mut conn = ctx.pool.get().await?;
     let all: Vec<RestaurantOut> = Restaurant::all(&mut conn)
         .await?
@@ -480,10 +473,8 @@ async fn list_restaurants(ctx: web::Data<AppContext>, staff: Staff) -> ApiResult
 
 async fn get_restaurant(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     Ok(HttpResponse::Ok().json(RestaurantOut::from(restaurant_row(&ctx, *rid).await?)))
 }
 
@@ -500,11 +491,9 @@ struct RestaurantChanges {
 
 async fn update_restaurant(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
     body: Json<RestaurantChanges>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let b = body.into_inner();
     let patch = RestaurantPatch {
         name: b
@@ -541,11 +530,9 @@ struct CategoryBody {
 
 async fn create_category(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
     body: Json<CategoryBody>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let name = text("name", body.name.as_deref().unwrap_or(""), MAX_NAME)?;
     let pos = body.position.map(|p| position("position", p)).transpose()?;
     match change(
@@ -565,10 +552,8 @@ async fn create_category(
 
 async fn list_categories(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     restaurant_row(&ctx, *rid).await?;
     let mut conn = ctx.pool.get().await?;
     let cats: Vec<CategoryOut> = MenuCategory::for_restaurant(&mut conn, *rid)
@@ -581,10 +566,8 @@ async fn list_categories(
 
 async fn get_category(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, cid) = path.into_inner();
     let mut conn = ctx.pool.get().await?;
     let cat: MenuCategory = menu_categories::table
@@ -600,11 +583,9 @@ async fn get_category(
 
 async fn update_category(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
     body: Json<CategoryBody>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, cid) = path.into_inner();
     let name = body
         .name
@@ -630,10 +611,8 @@ async fn update_category(
 
 async fn delete_category(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, cid) = path.into_inner();
     change(&ctx, rid, AdminChange::DeleteCategory { id: cid }).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -673,11 +652,9 @@ impl ItemBody {
 
 async fn create_item(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
     body: Json<ItemBody>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let fields = body.into_inner().validate()?;
     if fields.category_id.is_none() {
         return Err(ApiError::invalid("category_id: required"));
@@ -694,12 +671,7 @@ async fn create_item(
     }
 }
 
-async fn list_items(
-    ctx: web::Data<AppContext>,
-    staff: Staff,
-    rid: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
+async fn list_items(ctx: web::Data<AppContext>, rid: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     restaurant_row(&ctx, *rid).await?;
     let mut conn = ctx.pool.get().await?;
     let items: Vec<ItemOut> = MenuItem::for_restaurant(&mut conn, *rid)
@@ -712,10 +684,8 @@ async fn list_items(
 
 async fn get_item(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, iid) = path.into_inner();
     let mut conn = ctx.pool.get().await?;
     let item: MenuItem = menu_items::table
@@ -732,11 +702,9 @@ async fn get_item(
 
 async fn update_item(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
     body: Json<ItemBody>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, iid) = path.into_inner();
     let fields = body.into_inner().validate()?;
     match change(&ctx, rid, AdminChange::UpdateItem { id: iid, fields }).await? {
@@ -747,10 +715,8 @@ async fn update_item(
 
 async fn delete_item(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, iid) = path.into_inner();
     change(&ctx, rid, AdminChange::DeleteItem { id: iid }).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -767,11 +733,9 @@ struct TableBody {
 
 async fn create_table(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
     body: Json<TableBody>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let label = text("label", body.label.as_deref().unwrap_or(""), MAX_LABEL)?;
     match change(&ctx, *rid, AdminChange::CreateTable { label }).await? {
         AdminOutcome::Table(t) => Ok(HttpResponse::Created().json(table_out(&ctx, t))),
@@ -779,12 +743,7 @@ async fn create_table(
     }
 }
 
-async fn list_tables(
-    ctx: web::Data<AppContext>,
-    staff: Staff,
-    rid: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
+async fn list_tables(ctx: web::Data<AppContext>, rid: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     restaurant_row(&ctx, *rid).await?;
     let mut conn = ctx.pool.get().await?;
     let tables: Vec<TableOut> = RestaurantTable::for_restaurant(&mut conn, *rid)
@@ -810,10 +769,8 @@ async fn table_row(ctx: &AppContext, rid: Uuid, tid: Uuid) -> ApiResult<Restaura
 
 async fn get_table(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, tid) = path.into_inner();
     let t = table_row(&ctx, rid, tid).await?;
     Ok(HttpResponse::Ok().json(table_out(&ctx, t)))
@@ -821,11 +778,9 @@ async fn get_table(
 
 async fn update_table(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
     body: Json<TableBody>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, tid) = path.into_inner();
     let label = body
         .label
@@ -850,10 +805,8 @@ async fn update_table(
 
 async fn delete_table(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, tid) = path.into_inner();
     change(&ctx, rid, AdminChange::DeleteTable { id: tid }).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -861,10 +814,8 @@ async fn delete_table(
 
 async fn rotate_token(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, tid) = path.into_inner();
     match change(&ctx, rid, AdminChange::RotateToken { id: tid }).await? {
         AdminOutcome::Table(t) => {
@@ -877,10 +828,8 @@ async fn rotate_token(
 
 async fn table_qr_svg(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, tid) = path.into_inner();
     let t = table_row(&ctx, rid, tid).await?;
     let svg = qr::svg(&table_url(&ctx, &t.token))?;
@@ -892,10 +841,8 @@ async fn table_qr_svg(
 
 async fn table_qr_png(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, tid) = path.into_inner();
     let t = table_row(&ctx, rid, tid).await?;
     let png = qr::png(&table_url(&ctx, &t.token))?;
@@ -905,12 +852,7 @@ async fn table_qr_png(
         .body(png))
 }
 
-async fn qr_sheet(
-    ctx: web::Data<AppContext>,
-    staff: Staff,
-    rid: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
+async fn qr_sheet(ctx: web::Data<AppContext>, rid: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     let r = restaurant_row(&ctx, *rid).await?;
     let mut conn = ctx.pool.get().await?;
     let tables = RestaurantTable::for_restaurant(&mut conn, *rid).await?;
@@ -949,11 +891,9 @@ async fn hash_off_loop(password: String) -> ApiResult<String> {
 
 async fn create_staff(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     rid: web::Path<Uuid>,
     body: Json<NewStaff>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     restaurant_row(&ctx, *rid).await?;
     let name = username(&body.username)?;
     let hash = hash_off_loop(password(&body.password)?).await?;
@@ -983,12 +923,7 @@ async fn create_staff(
     Ok(HttpResponse::Created().json(row.to_wire()))
 }
 
-async fn list_staff(
-    ctx: web::Data<AppContext>,
-    staff: Staff,
-    rid: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
+async fn list_staff(ctx: web::Data<AppContext>, rid: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     restaurant_row(&ctx, *rid).await?;
     let mut conn = ctx.pool.get().await?;
     let rows: Vec<StaffUserRow> = staff_users::table
@@ -1027,11 +962,9 @@ async fn end_sessions(ctx: &AppContext, rid: Uuid, uid: Uuid) -> ApiResult<()> {
 
 async fn update_staff(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
     body: Json<StaffChanges>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, uid) = path.into_inner();
     let row = chef_of(&ctx, rid, uid).await?;
     let hash = hash_off_loop(password(&body.password)?).await?;
@@ -1049,10 +982,8 @@ async fn update_staff(
 
 async fn delete_staff(
     ctx: web::Data<AppContext>,
-    staff: Staff,
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
-    staff.require_admin()?;
     let (rid, uid) = path.into_inner();
     chef_of(&ctx, rid, uid).await?;
     end_sessions(&ctx, rid, uid).await?;
