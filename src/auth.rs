@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::context::AppContext;
 use crate::error::ApiError;
+use crate::session_cache::{key_of, SessionCache};
+use scan2order_actors::writer::SessionCheck;
 
 /// The staff session cookie.
 pub const SESSION_COOKIE: &str = "s2o_session";
@@ -228,6 +230,9 @@ pub struct Staff {
     /// True when the request authenticated with the cookie (state changes then need a same-origin check).
     pub via_cookie: bool,
     pub row: StaffUserRow,
+    /// Set when the session came from the session cache: the write this request makes must confirm it
+    /// in its own transaction.
+    pub unconfirmed: Option<SessionCheck>,
 }
 
 impl Staff {
@@ -290,6 +295,14 @@ pub async fn authenticate_staff_parts(
     let row = staff_from_token(ctx, &token)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
+    staff_of(row, via_cookie, None)
+}
+
+fn staff_of(
+    row: StaffUserRow,
+    via_cookie: bool,
+    unconfirmed: Option<SessionCheck>,
+) -> Result<Staff, ApiError> {
     let role = Role::parse(&row.role).ok_or_else(ApiError::forbidden)?;
     Ok(Staff {
         id: row.id.into(),
@@ -298,7 +311,80 @@ pub async fn authenticate_staff_parts(
         restaurant_id: row.restaurant_id.map(Into::into),
         via_cookie,
         row,
+        unconfirmed,
     })
+}
+
+/// The sessions the hot write routes may take from memory (see [`crate::session_cache`]).
+pub struct SessionCaches {
+    /// Customer token hash → phone.
+    pub customers: SessionCache<String>,
+    /// Staff token hash → the account.
+    pub staff: SessionCache<StaffUserRow>,
+}
+
+impl SessionCaches {
+    pub fn new(ttl: std::time::Duration, capacity: usize) -> SessionCaches {
+        SessionCaches {
+            customers: SessionCache::new(ttl, capacity),
+            staff: SessionCache::new(ttl, capacity),
+        }
+    }
+
+    /// Forgets one staff session (logout).
+    pub fn end_staff_session(&self, token: &str) {
+        if let Some(key) = key_of(&token_hash(token)) {
+            self.staff.remove(&key);
+        }
+    }
+
+    /// Forgets every session of one staff account (password change, removal).
+    pub fn end_staff_user(&self, user: uuid::Uuid) {
+        self.staff.remove_where(|row| row.id == user);
+    }
+}
+
+/// [`authenticate_staff`] for a route whose only effect is a write through a restaurant's persistence
+/// writer: a session confirmed by the database less than `auth.session_cache_ttl_s` ago is taken from
+/// memory and marked [`Staff::unconfirmed`], so the write confirms it in its own transaction.
+pub async fn authenticate_staff_for_write(req: &HttpRequest) -> Result<Staff, ApiError> {
+    let ctx = req
+        .app_data::<web::Data<AppContext>>()
+        .ok_or_else(|| ApiError::internal("app context", "missing"))?;
+    let (token, via_cookie) = RequestParts::of(req)
+        .staff_token(false)
+        .ok_or_else(ApiError::unauthenticated)?;
+    let hash = token_hash(&token);
+    let key = key_of(&hash).ok_or_else(ApiError::unauthenticated)?;
+    let (now, at) = (Utc::now(), std::time::Instant::now());
+    if let Some(row) = ctx.sessions.staff.get(&key, now, at) {
+        metrics::counter!("s2o_session_cache_total", "kind" => "staff", "result" => "hit")
+            .increment(1);
+        return staff_of(row, via_cookie, Some(SessionCheck::Staff(hash)));
+    }
+    metrics::counter!("s2o_session_cache_total", "kind" => "staff", "result" => "miss")
+        .increment(1);
+    let mut conn = ctx.pool.get().await?;
+    let (row, expires_at) = StaffUserRow::by_session_until(&mut conn, &hash, now)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    drop(conn);
+    ctx.sessions
+        .staff
+        .insert(key, row.clone(), expires_at, now, at);
+    staff_of(row, via_cookie, None)
+}
+
+/// Middleware for staff routes whose effect is a write confirmed in its own transaction (the kitchen's
+/// status change): like [`staff_required`], but the session may come from memory.
+pub async fn staff_write_required(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let staff = authenticate_staff_for_write(req.request()).await?;
+    refuse_cross_site(&req, &staff)?;
+    req.extensions_mut().insert(staff);
+    next.call(req).await
 }
 
 impl FromRequest for Staff {
@@ -388,13 +474,63 @@ pub async fn authenticate_customer(req: &HttpRequest) -> Result<Customer, ApiErr
         .ok_or_else(ApiError::unauthenticated)?;
     Ok(Customer {
         phone: Phone::from_stored(phone),
+        unconfirmed: None,
     })
+}
+
+/// [`authenticate_customer`] for placing an order: a session the database confirmed less than
+/// `auth.session_cache_ttl_s` ago is taken from memory and marked [`Customer::unconfirmed`], so the
+/// order's write confirms it in its own transaction.
+pub async fn authenticate_customer_for_write(req: &HttpRequest) -> Result<Customer, ApiError> {
+    let ctx = req
+        .app_data::<web::Data<AppContext>>()
+        .ok_or_else(|| ApiError::internal("app context", "missing"))?;
+    let token = bearer(req).ok_or_else(ApiError::unauthenticated)?;
+    let hash = token_hash(&token);
+    let key = key_of(&hash).ok_or_else(ApiError::unauthenticated)?;
+    let (now, at) = (Utc::now(), std::time::Instant::now());
+    if let Some(phone) = ctx.sessions.customers.get(&key, now, at) {
+        metrics::counter!("s2o_session_cache_total", "kind" => "customer", "result" => "hit")
+            .increment(1);
+        return Ok(Customer {
+            phone: Phone::from_stored(phone),
+            unconfirmed: Some(SessionCheck::Customer(hash)),
+        });
+    }
+    metrics::counter!("s2o_session_cache_total", "kind" => "customer", "result" => "miss")
+        .increment(1);
+    let mut conn = ctx.pool.get().await?;
+    let (phone, expires_at) = CustomerSession::phone_until(&mut conn, &hash, now)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    drop(conn);
+    ctx.sessions
+        .customers
+        .insert(key, phone.clone(), expires_at, now, at);
+    Ok(Customer {
+        phone: Phone::from_stored(phone),
+        unconfirmed: None,
+    })
+}
+
+/// Middleware for placing an order: like [`customer_required`], but the session may come from memory
+/// (the order's write confirms it).
+pub async fn customer_write_required(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let customer = authenticate_customer_for_write(req.request()).await?;
+    req.extensions_mut().insert(customer);
+    next.call(req).await
 }
 
 /// A guest with a verified phone (customer token).
 #[derive(Clone, Debug)]
 pub struct Customer {
     pub phone: Phone,
+    /// Set when the session came from the session cache: the write this request makes must confirm it
+    /// in its own transaction.
+    pub unconfirmed: Option<SessionCheck>,
 }
 
 impl FromRequest for Customer {

@@ -145,6 +145,11 @@ pub struct AuthSettings {
     pub otp_ttl_s: i64,
     pub otp_resend_after_s: i64,
     pub otp_max_attempts: i32,
+    /// How long placing an order or changing a status over REST may trust a session the database
+    /// confirmed, instead of looking it up again (the write still confirms it). 0: always look up.
+    pub session_cache_ttl_s: u64,
+    /// Most sessions remembered (per kind: guests, staff).
+    pub session_cache_entries: usize,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use scan2order_actors::notifier::MessageSender;
 use scan2order_actors::shard::ShardSupervisor;
 use scan2order_schema::DbPool;
 
+use crate::auth::SessionCaches;
 use crate::config::Settings;
 use crate::limits::RateLimits;
 
@@ -21,4 +22,6 @@ pub struct AppContext {
     pub limits: Arc<RateLimits>,
     /// Sends one-time codes (the WhatsApp Cloud API client, or the development log).
     pub sender: Arc<dyn MessageSender>,
+    /// Sessions the hot write routes may take from memory; their writes confirm them.
+    pub sessions: Arc<SessionCaches>,
 }

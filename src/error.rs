@@ -127,6 +127,7 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidTransition { .. }
             | EngineError::IdempotencyConflict => StatusCode::CONFLICT,
             EngineError::Unavailable => return ApiError::unavailable(),
+            EngineError::Unauthenticated => return ApiError::unauthenticated(),
         };
         let mut err = ApiError::new(status, code, message);
         if let EngineError::ItemUnavailable(ids) = e {

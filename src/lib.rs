@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod qr;
 pub mod routes;
 pub mod seed;
+pub mod session_cache;
 pub mod shards_report;
 pub mod startup;
 pub mod telemetry;

@@ -99,6 +99,10 @@ impl Application {
             settings: settings.clone(),
             limits,
             sender,
+            sessions: Arc::new(crate::auth::SessionCaches::new(
+                std::time::Duration::from_secs(settings.auth.session_cache_ttl_s),
+                settings.auth.session_cache_entries,
+            )),
         };
         let listener = bind(settings.http.host.as_str(), settings.http.port)?;
         let port = listener.local_addr()?.port();

@@ -35,7 +35,9 @@ use uuid::Uuid;
 use crate::admin::{self, AdminChange, AdminError, AdminOutcome};
 use crate::notifier::MessageKind;
 use crate::sink::{close_code, SocketSink};
-use crate::writer::{NewOrderBundle, PersistenceWriter, Write, WriteError, WriteOp, WriteOutcome};
+use crate::writer::{
+    NewOrderBundle, PersistenceWriter, SessionCheck, Write, WriteError, WriteOp, WriteOutcome,
+};
 
 /// Tunables of every restaurant actor.
 #[derive(Clone, Debug)]
@@ -80,6 +82,9 @@ pub enum EngineError {
     IdempotencyConflict,
     #[error("the service is temporarily unavailable")]
     Unavailable,
+    /// The session behind the request ended before its write committed.
+    #[error("sign in again")]
+    Unauthenticated,
 }
 
 impl EngineError {
@@ -93,6 +98,7 @@ impl EngineError {
             EngineError::InvalidTransition { .. } => ("invalid_transition", self.to_string()),
             EngineError::IdempotencyConflict => ("idempotency_key_reused", self.to_string()),
             EngineError::Unavailable => ("unavailable", self.to_string()),
+            EngineError::Unauthenticated => ("unauthenticated", self.to_string()),
         }
     }
 }
@@ -771,6 +777,9 @@ pub struct PlaceOrder {
     pub idempotency_key: String,
     pub lines: Vec<PlaceOrderLine>,
     pub note: Option<String>,
+    /// Set when the guest was authenticated from the session cache: the writer confirms the session
+    /// in the order's own transaction.
+    pub session: Option<SessionCheck>,
 }
 
 impl Handler<PlaceOrder> for RestaurantActor {
@@ -788,7 +797,9 @@ impl Handler<PlaceOrder> for RestaurantActor {
                 rx.await.unwrap_or(Err(EngineError::Unavailable))
             }));
         }
-        if let Some((id, owner)) = self.recent_keys.get(&key) {
+        // (A guest authenticated only from memory is answered through the writer, which confirms the
+        // session; the stored order comes back as a duplicate.)
+        if let Some((id, owner)) = self.recent_keys.get(&key).filter(|_| msg.session.is_none()) {
             if owner != &phone {
                 return Box::pin(actix::fut::ready(Err(EngineError::IdempotencyConflict)));
             }
@@ -831,6 +842,7 @@ impl Handler<PlaceOrder> for RestaurantActor {
             order: stored.row.clone(),
             items: stored.items.clone(),
             outbox,
+            session: msg.session.clone(),
         }));
         let writer = self.writer.clone();
         Box::pin(
@@ -850,6 +862,7 @@ impl Handler<PlaceOrder> for RestaurantActor {
                             Err(writer_error(e))
                         }
                         Ok(Ok(WriteOutcome::Duplicate(existing))) => act.adopt(*existing, &phone),
+                        Ok(Ok(WriteOutcome::SessionEnded)) => Err(EngineError::Unauthenticated),
                         Ok(Ok(_)) => {
                             let order = stored.to_wire(true);
                             act.remember_key(key.clone(), stored.row.id, phone.clone());
@@ -864,7 +877,13 @@ impl Handler<PlaceOrder> for RestaurantActor {
                         }
                     };
                     for waiter in act.pending_keys.remove(&key).unwrap_or_default() {
-                        let _ = waiter.send(result.clone().map(|p| PlacedOrder {
+                        // A retry carries its own credentials: the first attempt's ended session is
+                        // not its answer; it may try again.
+                        let answer = match &result {
+                            Err(EngineError::Unauthenticated) => Err(EngineError::Unavailable),
+                            other => other.clone(),
+                        };
+                        let _ = waiter.send(answer.map(|p| PlacedOrder {
                             created: false,
                             ..p
                         }));
@@ -882,6 +901,9 @@ pub struct ChangeStatus {
     pub order_id: OrderId,
     pub status: OrderStatus,
     pub by: Option<StaffId>,
+    /// Set when the staff member was authenticated from the session cache: the writer confirms the
+    /// session in the change's own transaction.
+    pub session: Option<SessionCheck>,
 }
 
 impl Handler<ChangeStatus> for RestaurantActor {
@@ -931,6 +953,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
             at,
             by: msg.by.map(StaffId::get),
             outbox,
+            session: msg.session,
         };
         let writer = self.writer.clone();
         Box::pin(
@@ -938,6 +961,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let committed = match res {
+                        Ok(Ok(WriteOutcome::SessionEnded)) => Err(EngineError::Unauthenticated),
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => {
                             if e.outcome_unknown() {

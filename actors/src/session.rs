@@ -190,6 +190,7 @@ impl SocketSession {
                     order_id,
                     status,
                     by: self.staff,
+                    session: None,
                 };
                 ctx.spawn(
                     self.restaurant

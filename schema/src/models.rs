@@ -213,6 +213,22 @@ impl StaffUserRow {
             .optional()
     }
 
+    /// [`StaffUserRow::by_session`] with the session's expiry (for the session cache).
+    pub async fn by_session_until(
+        conn: &mut DbConn,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<(StaffUserRow, DateTime<Utc>)>> {
+        staff_sessions::table
+            .inner_join(staff_users::table)
+            .filter(staff_sessions::token_hash.eq(token_hash))
+            .filter(staff_sessions::expires_at.gt(now))
+            .select((StaffUserRow::as_select(), staff_sessions::expires_at))
+            .first(conn)
+            .await
+            .optional()
+    }
+
     pub fn to_wire(&self) -> wire::StaffUser {
         wire::StaffUser {
             id: self.id.into(),
@@ -396,6 +412,21 @@ impl CustomerSession {
             .filter(customer_sessions::token_hash.eq(token_hash))
             .filter(customer_sessions::expires_at.gt(now))
             .select(customer_sessions::phone)
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// [`CustomerSession::phone_for`] with the session's expiry (for the session cache).
+    pub async fn phone_until(
+        conn: &mut DbConn,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<(String, DateTime<Utc>)>> {
+        customer_sessions::table
+            .filter(customer_sessions::token_hash.eq(token_hash))
+            .filter(customer_sessions::expires_at.gt(now))
+            .select((customer_sessions::phone, customer_sessions::expires_at))
             .first(conn)
             .await
             .optional()

@@ -952,6 +952,7 @@ async fn chef_of(ctx: &AppContext, rid: Uuid, uid: Uuid) -> ApiResult<StaffUserR
 async fn end_sessions(ctx: &AppContext, rid: Uuid, uid: Uuid) -> ApiResult<()> {
     let mut conn = ctx.pool.get().await?;
     StaffSession::delete_for_user(&mut conn, uid).await?;
+    ctx.sessions.end_staff_user(uid);
     if let Some(addr) = ctx.engine.active_restaurant(RestaurantId::from(rid)) {
         addr.do_send(CloseStaffSockets {
             staff: StaffId::from(uid),

@@ -35,7 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/otp/verify", web::post().to(otp_verify))
         .service(
             web::resource("/orders")
-                .wrap(from_fn(auth::customer_required))
+                .wrap(from_fn(auth::customer_write_required))
                 .route(web::post().to(place_order)),
         )
         .route("/orders/{id}", web::get().to(get_order))
@@ -295,6 +295,7 @@ async fn place_order(
                 idempotency_key: key,
                 lines: body.items,
                 note: body.note,
+                session: customer.unconfirmed,
             },
         )
         .await??;

@@ -34,11 +34,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/logout", web::post().to(logout))
                 .route("/me", web::get().to(me)),
         )
+        // The hot write route: its session may come from memory (the status write confirms it).
+        // Registered before the `/kitchen` scope, which would otherwise claim the path.
+        .service(
+            web::resource("/kitchen/orders/{id}/status")
+                .wrap(from_fn(auth::staff_write_required))
+                .route(web::post().to(set_status)),
+        )
         .service(
             web::scope("/kitchen")
                 .wrap(from_fn(auth::staff_required))
                 .route("/orders", web::get().to(live_orders))
-                .route("/orders/{id}/status", web::post().to(set_status))
                 .route("/menu-items/{id}", web::patch().to(set_available))
                 .route("/restaurant", web::patch().to(set_accepting))
                 .route("/restaurant", web::get().to(kitchen_info)),
@@ -133,6 +139,7 @@ async fn logout(
     let (token, _) = auth::staff_token(&req, false).ok_or_else(ApiError::unauthenticated)?;
     let mut conn = ctx.pool.get().await?;
     StaffSession::delete(&mut conn, &token_hash(&token)).await?;
+    ctx.sessions.end_staff_session(&token);
     tracing::info!(user_id = %staff.id, "staff signed out");
     Ok(HttpResponse::NoContent()
         .cookie(session_cookie(
@@ -194,6 +201,7 @@ async fn set_status(
                 order_id: *id,
                 status: body.status,
                 by: Some(staff.id),
+                session: staff.unconfirmed.clone(),
             },
         )
         .await??;

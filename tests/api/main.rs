@@ -15,5 +15,6 @@ mod orders;
 mod otp;
 mod reconcile;
 mod resume;
+mod sessions;
 mod slow_consumer;
 mod sockets;
