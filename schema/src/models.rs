@@ -685,7 +685,7 @@ pub struct NewOutbox {
     pub params: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Queryable, Selectable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = notification_outbox)]
 pub struct OutboxRow {
     pub id: i64,
@@ -705,36 +705,49 @@ impl OutboxRow {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> QueryResult<Vec<OutboxRow>> {
-        use notification_outbox as n;
-        let due: Vec<i64> = n::table
-            .filter(n::sent_at.is_null())
-            .filter(n::failed_at.is_null())
-            .filter(n::next_attempt_at.le(now))
-            .filter(n::locked_until.is_null().or(n::locked_until.lt(now)))
-            .order(n::next_attempt_at.asc())
-            .limit(limit)
-            .select(n::id)
-            .load(conn)
-            .await?;
-        if due.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The update re-checks the lease under the row locks, so a row claimed meanwhile by another
-        // notifier is skipped rather than sent twice.
-        diesel::update(
-            n::table
-                .filter(n::id.eq_any(due))
-                .filter(n::locked_until.is_null().or(n::locked_until.lt(now))),
+        use diesel::sql_types::{BigInt, Timestamptz};
+        // One statement (one round trip, one commit). Rows another notifier holds locked are skipped,
+        // and the due/lease conditions are re-checked on each row's latest version when it is locked,
+        // so a row claimed meanwhile is never sent twice.
+        diesel::sql_query(
+            "UPDATE notification_outbox SET locked_until = $1 \
+             WHERE id IN (SELECT id FROM notification_outbox \
+                          WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $2 \
+                            AND (locked_until IS NULL OR locked_until < $2) \
+                          ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, dedup_key, phone, template, params, attempts",
         )
-        .set(n::locked_until.eq(lease_until))
-        .returning(OutboxRow::as_returning())
-        .get_results(conn)
+        .bind::<Timestamptz, _>(lease_until)
+        .bind::<Timestamptz, _>(now)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
         .await
     }
 
     pub async fn mark_sent(conn: &mut DbConn, id: i64, now: DateTime<Utc>) -> QueryResult<()> {
         use notification_outbox as n;
         diesel::update(n::table.find(id))
+            .set((
+                n::sent_at.eq(now),
+                n::attempts.eq(n::attempts + 1),
+                n::locked_until.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`OutboxRow::mark_sent`] for many rows in one statement (one commit for a whole round).
+    pub async fn mark_sent_many(
+        conn: &mut DbConn,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> QueryResult<()> {
+        use notification_outbox as n;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        diesel::update(n::table.filter(n::id.eq_any(ids)))
             .set((
                 n::sent_at.eq(now),
                 n::attempts.eq(n::attempts + 1),
