@@ -21,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod drain;
 pub mod error;
 pub mod extract;
 pub mod lean;

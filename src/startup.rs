@@ -120,6 +120,7 @@ impl Application {
         let server = builder
             .listen("scan2order", listener, move || {
                 let app = App::new()
+                    .wrap(from_fn(crate::drain::refuse_while_draining))
                     .wrap(from_fn(limits::limit))
                     .wrap(
                         DefaultHeaders::new()
@@ -217,6 +218,8 @@ impl AppHandle {
     /// in-flight requests, stop.
     pub async fn shutdown(&self) {
         tracing::info!("shutting down");
+        // New writes get a retryable 503 from here on, so the queues below drain at once.
+        self.ctx.engine.begin_drain();
         self.server.pause().await;
         self.ctx.engine.shutdown().await;
         // The engine told every socket to close with 1001; let their closing handshakes finish (the

@@ -8,7 +8,7 @@
 //! Handlers reach restaurants only through [`ShardSupervisor::restaurant`] and
 //! [`ShardSupervisor::resolve_table`], the seam where a remote (cluster) address can slot in later.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,6 +124,8 @@ struct Inner {
     activations: AtomicU64,
     restarts: AtomicU64,
     passivations: AtomicU64,
+    /// Shutdown has begun: no new writes are taken (see [`ShardSupervisor::begin_drain`]).
+    draining: AtomicBool,
     mark: std::sync::Mutex<Option<StatsMark>>,
 }
 
@@ -195,6 +197,7 @@ impl ShardSupervisor {
                 activations: AtomicU64::new(0),
                 restarts: AtomicU64::new(0),
                 passivations: AtomicU64::new(0),
+                draining: AtomicBool::new(false),
                 mark: std::sync::Mutex::new(None),
             }),
         }
@@ -481,6 +484,17 @@ impl ShardSupervisor {
     /// Whether every shard's writer is alive.
     pub fn shards_running(&self) -> bool {
         self.inner.shards.iter().all(|s| s.writer.connected())
+    }
+
+    /// Begins a clean shutdown: from now on the HTTP layer refuses new writes with a retryable 503, so
+    /// what is already queued drains quickly and nothing new is half-taken.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
     }
 
     /// Stops the shard arbiters at once, dropping whatever is queued.

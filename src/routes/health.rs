@@ -34,7 +34,7 @@ async fn database_answers(ctx: &AppContext) -> bool {
 
 async fn readyz(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
     let database = database_answers(&ctx).await;
-    let shards = ctx.engine.shards_running();
+    let shards = ctx.engine.shards_running() && !ctx.engine.draining();
     if database && shards {
         Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": true, "shards": true})))
     } else {
@@ -44,7 +44,13 @@ async fn readyz(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
             format!(
                 "not ready: database {}, shards {}",
                 if database { "up" } else { "down" },
-                if shards { "running" } else { "stopped" }
+                if shards {
+                    "running"
+                } else if ctx.engine.draining() {
+                    "shutting down"
+                } else {
+                    "stopped"
+                }
             ),
         ))
     }

@@ -356,3 +356,91 @@ async fn production_start_refuses_unsafe_settings_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[actix_web::test]
+async fn shutdown_refuses_new_writes_with_a_retryable_503_and_keeps_serving_reads() {
+    let app = spawn_app().await;
+    let r = app.restaurant("draining", 1, 2).await;
+    let chef = app.login_chef(&r).await;
+    let guest = app.verify_phone("+447700900778").await;
+    let placed = app
+        .place_order(&guest, &r.tables[0], &[(&r.items[0], 1)])
+        .await;
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+
+    // What a SIGTERM does first.
+    app.engine().begin_drain();
+
+    let body = serde_json::json!({
+        "table_token": r.tables[1].token,
+        "items": [{"menu_item_id": r.items[0].id, "quantity": 1}],
+    });
+    let res = app.place_order_raw(&guest, "drain-key-1", &body).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(
+        res.headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "keep-alive connections end during shutdown"
+    );
+    let err: Value = res.json().await.expect("error body");
+    assert_eq!(err["error"], "unavailable");
+    let res = app.set_status(&chef, &placed.id.to_string(), "ready").await;
+    assert_eq!(res.status(), 503, "status changes are refused too");
+
+    // Nothing refused was taken: one order, still placed.
+    let (orders, status): (i64, String) = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use scan2order_schema::schema::orders::dsl as o;
+        let mut conn = app.db().await;
+        let n = o::orders
+            .count()
+            .get_result(&mut conn)
+            .await
+            .expect("count");
+        let s = o::orders
+            .select(o::status)
+            .first(&mut conn)
+            .await
+            .expect("status");
+        (n, s)
+    };
+    assert_eq!((orders, status.as_str()), (1, "placed"));
+
+    // Reads still work, and readiness is red so a balancer stops sending traffic here.
+    let menu = app
+        .http
+        .get(app.url(&format!("/api/v1/tables/{}", r.tables[0].token)))
+        .send()
+        .await
+        .expect("menu");
+    assert_eq!(menu.status(), 200);
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("readyz body");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("shutting down")),
+        "{body}"
+    );
+}
