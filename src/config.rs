@@ -121,6 +121,11 @@ pub struct SocketSettings {
     pub outbound_queue: usize,
     pub max_frame_bytes: usize,
     pub max_inbound_per_sec: u32,
+    /// Kernel send buffer per socket, bytes (Linux doubles it; 0 leaves the kernel's autotuning, which
+    /// lets one stalled client pin up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default). Bounds the
+    /// kernel memory a socket can hold and how much a stalled client absorbs before its outbound queue
+    /// fills and it is closed with 1013.
+    pub send_buffer_bytes: usize,
 }
 
 /// The socket transport under the session actors.

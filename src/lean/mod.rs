@@ -137,6 +137,10 @@ async fn open(io: TcpStream, worker: Rc<Worker>) {
         Outcome::Session(spec, early) => {
             let _ = io.set_nodelay(true);
             let settings = &worker.ctx.settings.sockets;
+            if settings.send_buffer_bytes > 0 {
+                let _ =
+                    socket2::SockRef::from(&io).set_send_buffer_size(settings.send_buffer_bytes);
+            }
             let (sink, rx) = SocketSink::channel(settings.outbound_queue);
             let live = worker.live.clone();
             let conn = Connection::new(io, rx, settings.max_frame_bytes, early, live);

@@ -183,3 +183,61 @@ async fn a_table_socket_that_stops_reading_is_closed_with_1013_while_the_others_
         "after resuming the client has every order"
     );
 }
+
+/// Menu toggles after which the small-event test gives up waiting for the overflow. With the default
+/// per-socket send buffer (32 KiB, doubled by the kernel) a stalled socket overflows after roughly
+/// (64 KiB + its receive buffer) / ~90 B + 256 queued ≈ 1,000 `menu_item` events; with the kernel's
+/// autotuning it could absorb up to 4 MiB (~45,000 events) first.
+const MAX_TOGGLES: usize = 2500;
+
+#[actix_web::test]
+async fn a_stalled_socket_is_dropped_after_a_bounded_backlog_of_small_events() {
+    // Production socket settings: default outbound queue and send buffer.
+    let app = spawn_app_with(|s| {
+        s.sockets.outbound_queue = 256;
+        s.sockets.send_buffer_bytes = 32768;
+    })
+    .await;
+    let r = app.restaurant("bounded", 2, 1).await;
+    let chef = app.login_chef(&r).await;
+    let mut slow = slow_table_socket(&app, &r.tables[0]).await;
+    slow.hello_snapshot().await;
+    let mut toggles = 0;
+    loop {
+        let res = app
+            .set_available(&chef, r.items[1].id, toggles % 2 == 1)
+            .await;
+        assert_eq!(res.status(), 200);
+        toggles += 1;
+        if toggles % 50 == 0 {
+            let stats = app.restaurant_stats(r.id).await.expect("active");
+            if stats.table_sockets == 0 {
+                break;
+            }
+        }
+        assert!(
+            toggles < MAX_TOGGLES,
+            "a stalled socket absorbed {toggles} events without being dropped"
+        );
+    }
+    // What it was told: everything up to the overflow, then 1013.
+    let mut events = 0;
+    let code = loop {
+        match slow.next_event().await {
+            WsEnd::Message(m) => {
+                assert!(matches!(*m, ServerMsg::MenuItem { .. }), "{m:?}");
+                events += 1;
+            }
+            WsEnd::Closed(code) => break code,
+        }
+    };
+    assert_eq!(
+        code,
+        Some(1013),
+        "closed as a slow consumer after {events} events"
+    );
+    assert!(
+        events > 0 && events < toggles,
+        "{events} of {toggles} delivered before the close"
+    );
+}
