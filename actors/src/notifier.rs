@@ -160,6 +160,7 @@ impl Actor for NotifierActor {
         let poll_every = self.poll_every;
         ctx.spawn(actix::fut::wrap_future(async move {
             let mut measured = std::time::Instant::now() - BACKLOG_EVERY;
+            let mut api_trouble = false;
             loop {
                 if measured.elapsed() >= BACKLOG_EVERY {
                     measured = std::time::Instant::now();
@@ -170,7 +171,9 @@ impl Actor for NotifierActor {
                     }
                 }
                 let round = std::time::Instant::now();
-                let claimed = match drain_once(&pool, sender.as_ref(), &templates).await {
+                let claimed = match drain_once(&pool, sender.as_ref(), &templates, &mut api_trouble)
+                    .await
+                {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox round failed");
@@ -196,10 +199,15 @@ pub fn backoff(attempts: i32) -> Duration {
     capped.mul_f64(jitter)
 }
 
+/// One round: claim due messages, send them, record the outcomes. `api_trouble` remembers across rounds
+/// that the API asked for retries (5xx, 429, timeouts); the first round after that in which messages
+/// go out and none is put back makes everything waiting out a backoff due at once, so an outage's
+/// backlog drains as soon as the API answers instead of minutes later.
 async fn drain_once(
     pool: &DbPool,
     sender: &dyn MessageSender,
     templates: &Templates,
+    api_trouble: &mut bool,
 ) -> Result<usize, String> {
     let rows = {
         let mut conn = pool.get().await.map_err(|e| e.to_string())?;
@@ -229,6 +237,7 @@ async fn drain_once(
     // (under load the per-message commits were as many as the orders' own). A crash before it commits
     // sends those messages again, which at-least-once delivery allows.
     let mut sent = Vec::new();
+    let mut retried = false;
     for (row, outcome) in results {
         let result = match &outcome {
             SendOutcome::Sent => "sent",
@@ -252,6 +261,7 @@ async fn drain_once(
                     .await
             }
             SendOutcome::Retry { after, reason } => {
+                retried = true;
                 let wait = after
                     .unwrap_or_else(|| backoff(row.attempts))
                     .max(Duration::from_millis(100));
@@ -265,6 +275,20 @@ async fn drain_once(
     OutboxRow::mark_sent_many(&mut conn, &sent, Utc::now())
         .await
         .map_err(|e| e.to_string())?;
+    if retried {
+        *api_trouble = true;
+    } else if *api_trouble && !sent.is_empty() {
+        *api_trouble = false;
+        let due = OutboxRow::retry_waiting_now(&mut conn, Utc::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        if due > 0 {
+            tracing::info!(
+                messages = due,
+                "the WhatsApp API answers again: messages waiting to be retried are due now"
+            );
+        }
+    }
     Ok(n)
 }
 

@@ -796,6 +796,24 @@ impl OutboxRow {
             .map(|_| ())
     }
 
+    /// Makes every message waiting out a retry backoff due now (the API answers again after an outage:
+    /// what queued up during it goes out at once instead of each waiting for its own backoff, up to
+    /// minutes). Rows being sent (leased) are left alone. Returns how many were brought forward.
+    pub async fn retry_waiting_now(conn: &mut DbConn, now: DateTime<Utc>) -> QueryResult<usize> {
+        use notification_outbox as n;
+        diesel::update(
+            n::table
+                .filter(n::sent_at.is_null())
+                .filter(n::failed_at.is_null())
+                .filter(n::attempts.gt(0))
+                .filter(n::next_attempt_at.gt(now))
+                .filter(n::locked_until.is_null().or(n::locked_until.lt(now))),
+        )
+        .set(n::next_attempt_at.eq(now))
+        .execute(conn)
+        .await
+    }
+
     /// Messages not yet sent or given up on.
     pub async fn backlog(conn: &mut DbConn) -> QueryResult<i64> {
         use notification_outbox as n;

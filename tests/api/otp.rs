@@ -327,3 +327,58 @@ async fn an_order_message_is_retried_after_a_5xx_until_it_is_sent() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn once_the_api_answers_again_messages_waiting_out_a_backoff_go_out_at_once() {
+    use diesel_async::RunQueryDsl;
+    let app = spawn_app().await;
+    let r = app.restaurant("roma", 1, 2).await;
+    let guest = app.verify_phone(PHONE).await;
+    // The API fails the first message: it waits out a backoff.
+    app.wa.script(&[503]);
+    let first = app
+        .place_order(&guest, &r.tables[0], &[(&r.items[0], 1)])
+        .await;
+    let key = format!("order:{}:order_received", first.id);
+    app.wait_for_sql(
+        "the first message to be put back",
+        &format!(
+            "SELECT attempts = 1 AND sent_at IS NULL AND next_attempt_at > now() \
+             FROM notification_outbox WHERE dedup_key = '{key}'"
+        ),
+    )
+    .await;
+    // As after a long outage: its next try is minutes away.
+    let mut conn = app.db().await;
+    diesel::sql_query(format!(
+        "UPDATE notification_outbox SET attempts = 6, next_attempt_at = now() + interval '10 minutes' \
+         WHERE dedup_key = '{key}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("push the retry out");
+
+    // The API answers again: the next order's message goes out, and the waiting one right after it.
+    let second = app
+        .place_order(&guest, &r.tables[1], &[(&r.items[0], 1)])
+        .await;
+    for order in [&second, &first] {
+        let ticket = order.ticket_no.to_string();
+        let message = app
+            .wa
+            .wait_for(|m| {
+                m.template() == app.settings.whatsapp.order_received_template
+                    && m.body_params().last() == Some(&ticket)
+            })
+            .await;
+        assert_eq!(message.to(), DIGITS);
+    }
+    app.wait_for_sql(
+        "the waiting message to be recorded as sent",
+        &format!(
+            "SELECT attempts = 7 AND sent_at IS NOT NULL FROM notification_outbox \
+             WHERE dedup_key = '{key}'"
+        ),
+    )
+    .await;
+}
