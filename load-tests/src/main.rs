@@ -29,7 +29,9 @@ use scan2order_schema::domain::OrderStatus;
 
 mod accounting;
 mod baseline;
+mod chaos;
 mod coord;
+mod fake_whatsapp;
 mod http;
 mod setup;
 mod stats;
@@ -111,6 +113,9 @@ enum Command {
         #[command(subcommand)]
         mode: BaselineMode,
     },
+    /// The fault suite: a real server process, real traffic, one injected fault, then what clients were
+    /// told, what Postgres holds and what every socket shows, reconciled (exit 1 on any violation).
+    Chaos(chaos::ChaosArgs),
     /// (internal) One worker process of `--processes P`.
     #[command(hide = true)]
     Worker {
@@ -369,6 +374,7 @@ fn main() {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Worker { job, index } => {
             coord::worker_process(job, index).await?;
             Ok(0)
