@@ -46,6 +46,11 @@ pub struct CoordOpts {
     pub event_interval_ms: u64,
     /// Baseline fan-out: the baseline server's address.
     pub baseline: Option<std::net::SocketAddr>,
+    /// `sockets`: a shell command that restarts the server, run once every socket is subscribed (the
+    /// reconnect storm). If its last line of output is a number, that is the new server's pid.
+    pub restart_cmd: Option<String>,
+    /// How long to wait for every socket to resume after the restart, s.
+    pub resume_timeout_s: f64,
 }
 
 pub struct Coordinator {
@@ -501,11 +506,98 @@ impl Coordinator {
             loaded.map_or(0, |s| s.rss_kib),
             self.opts.hold_s
         );
+        if let Some(cmd) = self.opts.restart_cmd.clone() {
+            self.restart_storm(&cmd).await?;
+        }
         tokio::time::sleep(Duration::from_secs_f64(self.opts.hold_s)).await;
+        // (After a restart, this round also proves that every socket is subscribed again.)
         for r in 0..self.restaurants_used() {
             let (item, avail) = self.item_of(r);
             self.toggle_round(id, r, item, avail).await?;
             id += 1;
+        }
+        Ok(())
+    }
+
+    /// The reconnect storm: restart the server with `cmd` while every socket is subscribed, then wait
+    /// until every socket has reconnected and resumed (after a restart: received a fresh snapshot).
+    async fn restart_storm(&mut self, cmd: &str) -> anyhow::Result<()> {
+        let expected = self
+            .report
+            .figures
+            .get("sockets_subscribed")
+            .copied()
+            .unwrap_or(0.0) as u64;
+        let started = now_ns();
+        eprintln!("restarting the server: {cmd}");
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .with_context(|| format!("running --restart-cmd {cmd}"))?;
+        let cmd_done = now_ns();
+        anyhow::ensure!(out.status.success(), "--restart-cmd failed: {}", out.status);
+        // The old process is gone: sample the new one if the command named it, else stop sampling.
+        let new_pid = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse::<u32>().ok());
+        self.opts.server_pid = new_pid;
+        let deadline = Instant::now() + Duration::from_secs_f64(self.opts.resume_timeout_s);
+        let (mut n, mut last, mut first_close);
+        loop {
+            self.broadcast(Control::CountResumed);
+            (n, last, first_close) = (0u64, 0u64, u64::MAX);
+            let mut got = 0;
+            while got < self.to.len() {
+                if let WorkerEvent::Resumed {
+                    n: k,
+                    last_ns,
+                    first_close_ns,
+                    ..
+                } = self.next(Duration::from_secs(30)).await?
+                {
+                    got += 1;
+                    n += k;
+                    last = last.max(last_ns);
+                    if first_close_ns > 0 {
+                        first_close = first_close.min(first_close_ns);
+                    }
+                }
+            }
+            if n >= expected || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9;
+        let f = &mut self.report.figures;
+        f.insert("restart_sockets_resumed".into(), n as f64);
+        f.insert("restart_cmd_s".into(), secs(started, cmd_done));
+        if n >= expected && last > 0 {
+            f.insert("restart_to_all_resumed_s".into(), secs(started, last));
+            if first_close != u64::MAX {
+                f.insert(
+                    "restart_first_close_to_all_resumed_s".into(),
+                    secs(first_close, last),
+                );
+            }
+            eprintln!(
+                "reconnect storm: {n}/{expected} sockets resumed {:.2} s after the restart began ({:.2} s after the first socket lost its connection; the restart command took {:.2} s)",
+                secs(started, last),
+                secs(first_close.min(last), last),
+                secs(started, cmd_done)
+            );
+        } else {
+            self.report
+                .errors
+                .insert("restart_not_all_resumed".into(), expected.saturating_sub(n));
+            eprintln!(
+                "reconnect storm: only {n}/{expected} sockets resumed within {:.0} s",
+                self.opts.resume_timeout_s
+            );
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ mod stats;
 mod worker;
 mod ws;
 
+mod pg_baseline;
+
 use accounting::Fault;
 use coord::{conclude, CoordOpts, Coordinator};
 use setup::{Plan, RestaurantPlan, SetupArgs, TablePlan, Target};
@@ -74,6 +76,14 @@ enum Command {
         /// Seconds to hold the sockets after the event.
         #[arg(long, default_value_t = 10.0)]
         hold: f64,
+        /// The reconnect storm: once every socket is subscribed, run this shell command to restart
+        /// the server (e.g. `kill -TERM $PID; scan2order serve & echo $!`), then time until every
+        /// socket has reconnected and resumed. Its last line of output, if a number, is the new pid.
+        #[arg(long)]
+        restart_cmd: Option<String>,
+        /// With --restart-cmd: how long sockets keep reconnecting, and how long the storm may take, s.
+        #[arg(long, default_value_t = 60.0)]
+        resume_timeout: f64,
     },
     /// Guests place orders at a target rate; kitchen sockets listen; a kitchen bot advances statuses.
     Orders {
@@ -112,6 +122,30 @@ enum Command {
     BaselineServer {
         #[command(subcommand)]
         mode: BaselineMode,
+    },
+    /// The reference for durable orders: what Postgres alone accepts for the rows the engine writes per
+    /// order (order, lines, status history, outbox, status updates), in group-commit-shaped transactions
+    /// through the same kind of pool. Run it with the server stopped.
+    PgBaseline {
+        /// The benchmark database (the server's `database.url`).
+        #[arg(long)]
+        database_url: String,
+        /// Seconds per combination.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Concurrent writer transactions, comma-separated (each value is run).
+        #[arg(long, default_value = "2,8")]
+        writers: String,
+        /// New orders per transaction, comma-separated (each value is run).
+        #[arg(long, default_value = "1,10,50,200")]
+        batch: String,
+        /// Statuses each order is walked through, one per later transaction (empty: none).
+        #[arg(long, default_value = "accepted,preparing,ready,served")]
+        statuses: String,
+        #[arg(long, default_value_t = 32)]
+        pool_size: u32,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// The fault suite: a real server process, real traffic, one injected fault, then what clients were
     /// told, what Postgres holds and what every socket shows, reconciled (exit 1 on any violation).
@@ -292,6 +326,7 @@ fn base_cfg(scenario: Scenario, run: &RunArgs) -> RunCfg {
         settle_ms: run.settle_ms,
         fault: run.inject_fault,
         run_id: format!("{:016x}", rand::random::<u64>()),
+        reconnect_patience_s: 0.0,
     }
 }
 
@@ -305,6 +340,8 @@ fn opts(run: &RunArgs, params: serde_json::Value) -> CoordOpts {
         events: 0,
         event_interval_ms: 0,
         baseline: None,
+        restart_cmd: None,
+        resume_timeout_s: 0.0,
     }
 }
 
@@ -386,6 +423,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             tables,
             kitchen_per_restaurant,
             hold,
+            restart_cmd,
+            resume_timeout,
         } => {
             let plan = plan_from(&common).await?;
             let mut cfg = base_cfg(Scenario::Sockets, &common.run);
@@ -400,6 +439,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             });
             let mut o = opts(&common.run, params);
             o.hold_s = hold;
+            if restart_cmd.is_some() {
+                cfg.reconnect_patience_s = resume_timeout;
+                o.restart_cmd = restart_cmd;
+                o.resume_timeout_s = resume_timeout;
+            }
             run(plan, cfg, o).await
         }
         Command::Orders { common, gen } => {
@@ -453,6 +497,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 "status_via": format!("{:?}", gen.status_via), "processes": cfg.processes,
             });
             run(plan, cfg, opts(&common.run, params)).await
+        }
+        Command::PgBaseline {
+            database_url,
+            duration,
+            writers,
+            batch,
+            statuses,
+            pool_size,
+            json,
+        } => {
+            let url = pg_baseline::local_database_url(&database_url)?;
+            let list = |s: &str| -> anyhow::Result<Vec<usize>> {
+                s.split(',')
+                    .map(|x| x.trim().parse::<usize>().map(|n| n.max(1)))
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("not a list of numbers: {s}"))
+            };
+            let report = pg_baseline::run(pg_baseline::PgBaselineCfg {
+                database_url: url,
+                duration_s: duration,
+                writers: list(&writers)?,
+                batches: list(&batch)?,
+                statuses: parse_statuses(&statuses)?,
+                pool_size,
+            })
+            .await?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(0)
         }
         Command::BaselineServer { mode } => match mode {
             BaselineMode::Serve {

@@ -89,6 +89,11 @@ pub struct RunCfg {
     pub fault: Option<Fault>,
     /// A random id that keeps idempotency keys of different runs apart.
     pub run_id: String,
+    /// How long a socket that was subscribed keeps trying to reconnect (the server restarting), s;
+    /// 0: give up after 5 failed attempts. While it is set, a new epoch after a reconnect is expected,
+    /// not an error.
+    #[serde(default)]
+    pub reconnect_patience_s: f64,
 }
 
 impl RunCfg {
@@ -119,6 +124,8 @@ pub enum Control {
     Fired { id: u64, sent_ns: u64, ok: bool },
     /// How many deliveries has toggle `id` had?
     Count { id: u64 },
+    /// How many reconnected sockets have resumed so far?
+    CountResumed,
     /// Sample the worker's own memory now (sockets open, one event delivered).
     Sample,
     /// Start generating (orders, mixed).
@@ -151,6 +158,15 @@ pub enum WorkerEvent {
     Sampled {
         worker: u32,
         rss_kib: u64,
+    },
+    Resumed {
+        worker: u32,
+        /// Reconnected sockets that resumed.
+        n: u64,
+        /// When the last of them did (0: none).
+        last_ns: u64,
+        /// When the first subscribed socket lost its connection (0: none).
+        first_close_ns: u64,
     },
     Progress {
         worker: u32,
@@ -199,6 +215,12 @@ pub struct Worker {
     hello_done_ns: AtomicU64,
     subscribed_done_ns: AtomicU64,
     settled: AtomicU64,
+    /// Reconnected sockets that resumed (a replay or, after a restart, a fresh snapshot), and when the
+    /// last did.
+    resumed: AtomicU64,
+    resumed_done_ns: AtomicU64,
+    /// When the first subscribed socket saw its connection end (u64::MAX: none yet).
+    first_close_ns: AtomicU64,
     pending: Mutex<Pending>,
     bots: Mutex<HashMap<u32, mpsc::UnboundedSender<BotCmd>>>,
     availability: Vec<Vec<AtomicBool>>,
@@ -350,6 +372,37 @@ struct Conn {
     /// (epoch, since) to send as `resume` after the handler returns.
     resume: Option<(String, u64)>,
     got_hello: bool,
+    /// A hash of the epoch this socket's track counts in (0: none yet); carried across reconnects.
+    epoch: u64,
+    /// Reconnected into a new epoch: the resume will be answered with a snapshot.
+    awaiting_snapshot: bool,
+    /// This connection resumed in its URL (`?epoch=&since=`): no `resume` message after `hello`.
+    url_resumed: bool,
+}
+
+/// In the reconnect storm, a reconnecting socket resumes in its URL, as the protocol allows, instead of
+/// a `resume` message after `hello`: under the storm's load that message can arrive after the server's
+/// resume grace, when the snapshot is already on its way.
+fn url_resume(w: &Worker, a: Audience, first: bool, track: Option<SeqTrack>) -> Option<String> {
+    if first || w.cfg.reconnect_patience_s <= 0.0 {
+        return None;
+    }
+    let restaurant = match a {
+        Audience::Kitchen { restaurant } | Audience::Table { restaurant, .. } => restaurant,
+    };
+    let epoch = lock(w.epochs.get(restaurant as usize)?).clone()?;
+    Some(format!("epoch={epoch}&since={}", track?.last()))
+}
+
+/// The browser clients' reconnect backoff (web/static/common.js), used with `reconnect_patience_s`.
+const BACKOFF_START_MS: u64 = 500;
+const BACKOFF_MAX_MS: u64 = 10_000;
+
+fn epoch_hash(epoch: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    epoch.hash(&mut h);
+    h.finish().max(1)
 }
 
 impl Conn {
@@ -376,7 +429,10 @@ impl Conn {
                 if let Some(slot) = w.epochs.get(restaurant as usize) {
                     let mut e = lock(slot);
                     match e.as_deref() {
-                        Some(old) if old != epoch => w.stats.error("server_epoch_changed"),
+                        // Expected when the run restarts the server on purpose.
+                        Some(old) if old != epoch && w.cfg.reconnect_patience_s <= 0.0 => {
+                            w.stats.error("server_epoch_changed")
+                        }
                         _ => {}
                     }
                     *e = Some(epoch.clone());
@@ -388,10 +444,20 @@ impl Conn {
                     }
                     return;
                 }
+                if self.track.is_none() {
+                    self.epoch = epoch_hash(&epoch);
+                }
                 match self.track {
                     Some(t) => {
-                        // A reconnect: resume from where this logical socket was.
-                        self.resume = Some((epoch, t.last()));
+                        // A reconnect: resume from where this logical socket was. Within the same
+                        // epoch the server replays what was missed right after the `resume`; in
+                        // another one it answers with a snapshot (counted as resumed there).
+                        if self.epoch_known(&epoch) {
+                            self.resumed(w, now);
+                        }
+                        if !self.url_resumed {
+                            self.resume = Some((epoch, t.last()));
+                        }
                     }
                     None if w.cfg.fast_subscribe => {
                         self.resume = Some((epoch, seq));
@@ -410,6 +476,10 @@ impl Conn {
                     // between is gone for this socket.
                     w.ledger.snapshot_fallback();
                     self.track = Some(SeqTrack::starting_at(seq));
+                    if self.awaiting_snapshot {
+                        self.awaiting_snapshot = false;
+                        self.resumed(w, now);
+                    }
                 }
             }
             ServerMsg::Ack { request_id } => {
@@ -440,6 +510,21 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Whether `epoch` is the one this socket's track was counted in (`false` after a restart: the
+    /// resume will be answered with a snapshot).
+    fn epoch_known(&mut self, epoch: &str) -> bool {
+        let h = epoch_hash(epoch);
+        let same = self.epoch == 0 || self.epoch == h;
+        self.awaiting_snapshot = !same;
+        self.epoch = h;
+        same
+    }
+
+    fn resumed(&self, w: &Worker, now: u64) {
+        w.resumed.fetch_add(1, Ordering::Relaxed);
+        w.resumed_done_ns.fetch_max(now, Ordering::Relaxed);
     }
 
     fn subscribed(&self, w: &Worker, now: u64) {
@@ -533,8 +618,12 @@ async fn socket_task(
     mut first_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let mut track: Option<SeqTrack> = pos.track;
+    let mut epoch = pos.epoch;
     let mut first = pos.first;
     let mut failures = 0u32;
+    // With `reconnect_patience_s`, a subscribed socket keeps trying until this long after its first
+    // failed attempt (the server is restarting).
+    let mut failing_since: Option<tokio::time::Instant> = None;
     // Connections the server ended before saying hello, in a row (a dead token, say): give up at 5.
     let mut refused = pos.refused;
     let mut stop = w.stop.clone();
@@ -542,7 +631,18 @@ async fn socket_task(
         if w.stopped() {
             break;
         }
+        if !first && w.cfg.reconnect_patience_s > 0.0 {
+            // The browser clients' policy (web/static/common.js): before every reconnect attempt,
+            // 0.5 s doubling to 10 s, jittered to half–full, so that thousands of sockets do not
+            // come back in lockstep.
+            let base = BACKOFF_START_MS
+                .saturating_mul(1u64 << failures.min(10))
+                .min(BACKOFF_MAX_MS);
+            let wait = base / 2 + rand::random::<u64>() % (base / 2).max(1);
+            Box::pin(tokio::time::sleep(Duration::from_millis(wait))).await;
+        }
         let connect_ns;
+        let url_resumed;
         let conn = {
             let _permit = match first_permit.take() {
                 Some(p) => Some(p),
@@ -555,8 +655,15 @@ async fn socket_task(
             // while it runs, instead of enlarging every socket's task for its whole life.
             let w2 = w.clone();
             let audience = slot.audience;
+            let url_resume = url_resume(&w, audience, first, track);
+            url_resumed = url_resume.is_some();
             Box::pin(async move {
                 let (path, auth) = w2.socket_path(audience);
+                let path = match url_resume {
+                    Some(q) if path.contains('?') => format!("{path}&{q}"),
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
                 let headers: Vec<(&str, &str)> = auth
                     .as_deref()
                     .map(|a| vec![("Authorization", a)])
@@ -578,7 +685,10 @@ async fn socket_task(
                 w.stats.incr(c::CONNECT_FAIL);
                 w.stats.error(e.kind());
                 failures += 1;
-                if failures >= 5 || w.stopped() {
+                let patience = Duration::from_secs_f64(w.cfg.reconnect_patience_s.max(0.0));
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                let patient = !first && !patience.is_zero() && since.elapsed() < patience;
+                if (failures >= 5 && !patient) || w.stopped() {
                     if first {
                         // Never subscribed: let the connect phase finish counting.
                         w.settled.fetch_add(1, Ordering::Relaxed);
@@ -586,14 +696,17 @@ async fn socket_task(
                     w.stats.error("ws_gave_up");
                     return;
                 }
-                Box::pin(tokio::time::sleep(Duration::from_millis(
-                    100 * u64::from(failures),
-                )))
-                .await;
+                if !patient {
+                    Box::pin(tokio::time::sleep(Duration::from_millis(
+                        100 * u64::from(failures),
+                    )))
+                    .await;
+                }
                 continue;
             }
         };
         failures = 0;
+        failing_since = None;
         w.stats.incr(c::CONNECT_OK);
         w.stats.incr(c::OPEN);
         if !first {
@@ -605,6 +718,9 @@ async fn socket_task(
             connect_ns,
             resume: None,
             got_hello: false,
+            epoch,
+            awaiting_snapshot: false,
+            url_resumed,
         };
         let was_subscribed = track.is_some();
         if let Some(hub) = hub.as_ref().filter(|_| !slot.churn && slot.bot.is_none()) {
@@ -645,6 +761,7 @@ async fn socket_task(
             return;
         }
         track = st.track;
+        epoch = st.epoch;
         first = false;
     }
 }
@@ -655,6 +772,7 @@ struct Position {
     track: Option<SeqTrack>,
     first: bool,
     refused: u32,
+    epoch: u64,
 }
 
 impl Position {
@@ -662,6 +780,7 @@ impl Position {
         track: None,
         first: true,
         refused: 0,
+        epoch: 0,
     };
 }
 
@@ -680,6 +799,9 @@ fn after_end(
     end: &End,
 ) -> Next {
     w.stats.decr(c::OPEN);
+    if st.track.is_some() && !matches!(end, End::Stop | End::Churn) {
+        w.first_close_ns.fetch_min(now_ns(), Ordering::Relaxed);
+    }
     if first && !was_subscribed && st.track.is_none() {
         // Closed before subscribing: counted as settled (failed) so the connect phase ends.
         w.settled.fetch_add(1, Ordering::Relaxed);
@@ -923,6 +1045,7 @@ fn finish_slot(
         track: l.st.track,
         first: false,
         refused: l.refused,
+        epoch: l.st.epoch,
     };
     let slot = Slot {
         audience: l.st.audience,
@@ -1188,6 +1311,9 @@ async fn run_worker_inner(
         hello_done_ns: AtomicU64::new(0),
         subscribed_done_ns: AtomicU64::new(0),
         settled: AtomicU64::new(0),
+        resumed: AtomicU64::new(0),
+        resumed_done_ns: AtomicU64::new(0),
+        first_close_ns: AtomicU64::new(u64::MAX),
         pending: Mutex::new(HashMap::new()),
         bots: Mutex::new(HashMap::new()),
         availability: plan
@@ -1351,6 +1477,19 @@ async fn run_worker_inner(
             Control::Count { id } => {
                 let n = w.ledger.toggle_deliveries(id);
                 let _ = out.send(WorkerEvent::Count { worker: idx, id, n });
+            }
+            Control::CountResumed => {
+                let first_close = w.first_close_ns.load(Ordering::Relaxed);
+                let _ = out.send(WorkerEvent::Resumed {
+                    worker: idx,
+                    n: w.resumed.load(Ordering::Relaxed),
+                    last_ns: w.resumed_done_ns.load(Ordering::Relaxed),
+                    first_close_ns: if first_close == u64::MAX {
+                        0
+                    } else {
+                        first_close
+                    },
+                });
             }
             Control::Sample => {
                 let s = self_sample();
