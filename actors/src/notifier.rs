@@ -171,15 +171,14 @@ impl Actor for NotifierActor {
                     }
                 }
                 let round = std::time::Instant::now();
-                let claimed = match drain_once(&pool, sender.as_ref(), &templates, &mut api_trouble)
-                    .await
-                {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbox round failed");
-                        0
-                    }
-                };
+                let claimed =
+                    match drain_once(&pool, sender.as_ref(), &templates, &mut api_trouble).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "outbox round failed");
+                            0
+                        }
+                    };
                 if claimed < CLAIM_BATCH as usize {
                     let _ = tokio::time::timeout(poll_every, wake.notified()).await;
                     if claimed > 0 {
