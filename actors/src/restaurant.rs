@@ -159,7 +159,8 @@ pub struct RestaurantActor {
     kitchen_staff: HashMap<u64, StaffId>,
     table_subs: HashMap<TableId, HashMap<u64, SocketSink>>,
     next_sub: u64,
-    pending_keys: HashMap<String, Vec<PlaceReply>>,
+    /// Keys being written: the phone that placed the order, and retries waiting for its answer.
+    pending_keys: HashMap<String, (String, Vec<PlaceReply>)>,
     recent_keys: IndexMap<String, (Uuid, String)>,
     writer: Addr<PersistenceWriter>,
     pool: DbPool,
@@ -789,8 +790,12 @@ impl Handler<PlaceOrder> for RestaurantActor {
         self.touch();
         let key = msg.idempotency_key.clone();
         let phone = msg.phone.as_str().to_string();
-        // A retry while the first attempt is still being written waits for its answer.
-        if let Some(waiters) = self.pending_keys.get_mut(&key) {
+        // A retry while the first attempt is still being written waits for its answer — only the
+        // same guest's: another phone reusing the key must not receive that order (nor its phone).
+        if let Some((owner, waiters)) = self.pending_keys.get_mut(&key) {
+            if *owner != phone {
+                return Box::pin(actix::fut::ready(Err(EngineError::IdempotencyConflict)));
+            }
             let (tx, rx) = oneshot::channel();
             waiters.push(tx);
             return Box::pin(actix::fut::wrap_future(async move {
@@ -836,7 +841,8 @@ impl Handler<PlaceOrder> for RestaurantActor {
                 );
             }
         };
-        self.pending_keys.insert(key.clone(), Vec::new());
+        self.pending_keys
+            .insert(key.clone(), (phone.clone(), Vec::new()));
         let outbox = Some(self.outbox_for(&stored.row, MessageKind::OrderReceived));
         let op = WriteOp::InsertOrder(Box::new(NewOrderBundle {
             order: stored.row.clone(),
@@ -876,7 +882,8 @@ impl Handler<PlaceOrder> for RestaurantActor {
                             })
                         }
                     };
-                    for waiter in act.pending_keys.remove(&key).unwrap_or_default() {
+                    let waiters = act.pending_keys.remove(&key).map(|(_, w)| w);
+                    for waiter in waiters.unwrap_or_default() {
                         // A retry carries its own credentials: the first attempt's ended session is
                         // not its answer; it may try again.
                         let answer = match &result {

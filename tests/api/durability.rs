@@ -224,3 +224,63 @@ async fn after_a_restart_the_kitchen_gets_the_live_orders_under_a_new_epoch_and_
         other => panic!("expected order_created, got {other:?}"),
     }
 }
+
+#[actix_web::test]
+async fn another_guest_reusing_a_key_still_being_written_gets_a_conflict_not_the_order() {
+    let app = spawn_app().await;
+    let r = app.restaurant("roma", 1, 2).await;
+    let first_guest = app.verify_phone(PHONE).await;
+    let other_guest = app.verify_phone("+447700900999").await;
+    let key = Uuid::new_v4().to_string();
+
+    // Hold the first guest's order before its commit.
+    let mut locker = app.db().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    diesel::sql_query("LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let first = app
+        .http
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&first_guest)
+        .header("Idempotency-Key", &key)
+        .json(&order_body(&r.tables[0], &[(&r.items[0], 1)]));
+    let first = actix_web::rt::spawn(async move { first.send().await.expect("request") });
+    app.wait_for_sql(
+        "the first order's INSERT to wait on the lock",
+        INSERT_WAITS_ON_LOCK,
+    )
+    .await;
+
+    // Another guest sends the same key meanwhile: refused at once, without the first order.
+    let res = tokio::time::timeout(
+        crate::helpers::PATIENCE,
+        app.http
+            .post(app.url("/api/v1/orders"))
+            .bearer_auth(&other_guest)
+            .header("Idempotency-Key", &key)
+            .json(&order_body(&r.tables[1], &[(&r.items[0], 1)]))
+            .send(),
+    )
+    .await
+    .expect("answered while the first order is still being written")
+    .expect("request");
+    assert_eq!(res.status(), 409);
+    let body = res.text().await.expect("body");
+    assert!(body.contains("idempotency_key_reused"), "{body}");
+    assert!(
+        !body.contains("447700900123"),
+        "the first guest's phone leaked: {body}"
+    );
+
+    diesel::sql_query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("commit");
+    let first = first.await.expect("first request");
+    assert_eq!(first.status(), 201);
+}
