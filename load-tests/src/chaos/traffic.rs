@@ -639,6 +639,15 @@ impl Ctx {
         n
     }
 
+    /// Guests' order latency (request written → 201) so far, resetting it (phases of a run compare).
+    pub fn take_order_latency(&self) -> Histogram<u64> {
+        let mut rec = lock(&self.rec);
+        let h = rec.order_latency_us.get_or_insert_with(histogram);
+        let out = h.clone();
+        h.reset();
+        out
+    }
+
     /// The table sockets' delivery latency so far, resetting it (phases of a run compare).
     pub fn take_table_latency(&self) -> Histogram<u64> {
         let mut h = lock(&self.table_latency);

@@ -11,7 +11,10 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 
+use hdrhistogram::Histogram;
+
 use super::check::Verdict;
+use super::traffic::Ctx;
 use crate::fake_whatsapp::{FakeWhatsApp, Mode};
 
 pub const PHONE_NUMBER_ID: &str = "109876543210";
@@ -109,6 +112,7 @@ pub struct Phases {
 
 /// Runs the outage while the traffic flows; then waits for the outbox to drain and checks.
 pub async fn outage(
+    ctx: &Ctx,
     fake: &FakeWhatsApp,
     db_url: &str,
     phases: &Phases,
@@ -124,6 +128,7 @@ pub async fn outage(
         *max = (*max).max(p);
         Ok(p)
     };
+    let before = ctx.take_order_latency();
     eprintln!("   WhatsApp answers 400 for {:?}", phases.reject);
     fake.set_mode(Mode::Reject400);
     tokio::time::sleep(phases.reject).await;
@@ -146,6 +151,7 @@ pub async fn outage(
         sample(&mut conn, &mut max_pending).await?;
     }
     let during = fake.stats();
+    let during_latency = ctx.take_order_latency();
     fake.set_mode(Mode::Ok);
     let back = Instant::now();
     eprintln!(
@@ -179,6 +185,26 @@ pub async fn outage(
         format!(
             "peak backlog {max_pending}; drained {} after the API came back",
             drained.map_or("NOT within the limit".into(), |d| format!("{} ms", ms(d)))
+        ),
+    ));
+    let p = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    figures.insert(
+        "order_p50_p99_ms_before_outage".into(),
+        serde_json::json!([p(&before, 0.5), p(&before, 0.99)]),
+    );
+    figures.insert(
+        "order_p50_p99_ms_during_outage".into(),
+        serde_json::json!([p(&during_latency, 0.5), p(&during_latency, 0.99)]),
+    );
+    // Ordering must not notice: the outage may not slow guests beyond the run's own noise.
+    verdicts.push(Verdict::new(
+        "ordering is unaffected by the outage (order p99 during it within 2x of before, +5 ms)",
+        !during_latency.is_empty() && p(&during_latency, 0.99) <= 2.0 * p(&before, 0.99) + 5.0,
+        format!(
+            "order p99 {:.1} ms before, {:.1} ms during ({} orders)",
+            p(&before, 0.99),
+            p(&during_latency, 0.99),
+            during_latency.len()
         ),
     ));
     let requests_during = during.requests;
