@@ -475,6 +475,7 @@ mod tests {
                 slow_sockets: 0,
                 toggles: false,
                 statuses: false,
+                finish_all: false,
                 status_pause_ms: 0,
                 http_conns: 1,
                 http_timeout: Duration::from_secs(1),

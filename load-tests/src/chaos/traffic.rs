@@ -211,6 +211,9 @@ pub struct TrafficCfg {
     pub toggles: bool,
     /// Walk acknowledged orders through statuses.
     pub statuses: bool,
+    /// Every walk ends served or cancelled (a kitchen that keeps up: live orders stay bounded). Otherwise
+    /// some orders stay live, so that sockets' live views are compared on a mix.
+    pub finish_all: bool,
     /// Pause between a kitchen's status steps, ms (random up to this).
     pub status_pause_ms: u64,
     /// HTTP connections.
@@ -553,9 +556,15 @@ impl Ctx {
                 OrderStatus::Ready,
                 OrderStatus::Served,
             ];
-            let steps = rng.random_range(0..=flow.len());
+            let steps = if self.cfg.finish_all {
+                flow.len()
+            } else {
+                rng.random_range(0..=flow.len())
+            };
             let mut p: Vec<OrderStatus> = flow[..steps].to_vec();
-            if steps < 3 && rng.random_bool(0.15) {
+            let cancel_at = rng.random_range(0..3);
+            if rng.random_bool(0.15) && (steps < 3 || self.cfg.finish_all) {
+                p.truncate(cancel_at.min(steps));
                 p.push(OrderStatus::Cancelled);
             }
             p
@@ -1099,6 +1108,7 @@ mod tests {
                 slow_sockets: 0,
                 toggles: false,
                 statuses: false,
+                finish_all: false,
                 status_pause_ms: 0,
                 http_conns: 1,
                 http_timeout: Duration::from_secs(1),
