@@ -268,12 +268,26 @@ impl Staff {
     }
 }
 
+/// A session lookup, bounded like a write (`database.write_timeout_ms`): a database that does not
+/// answer (paused, unreachable) gives 503 `unavailable`, not a request that hangs until it returns.
+async fn bounded<T>(
+    ctx: &AppContext,
+    lookup: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(ctx.settings.write_timeout(), lookup)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::unavailable()))
+}
+
 pub async fn staff_from_token(
     ctx: &AppContext,
     token: &str,
 ) -> Result<Option<StaffUserRow>, ApiError> {
-    let mut conn = ctx.pool.get().await?;
-    Ok(StaffUserRow::by_session(&mut conn, &token_hash(token), Utc::now()).await?)
+    bounded(ctx, async {
+        let mut conn = ctx.pool.get().await?;
+        Ok(StaffUserRow::by_session(&mut conn, &token_hash(token), Utc::now()).await?)
+    })
+    .await
 }
 
 pub async fn authenticate_staff(req: &HttpRequest, allow_query: bool) -> Result<Staff, ApiError> {
@@ -364,11 +378,12 @@ pub async fn authenticate_staff_for_write(req: &HttpRequest) -> Result<Staff, Ap
     }
     metrics::counter!("s2o_session_cache_total", "kind" => "staff", "result" => "miss")
         .increment(1);
-    let mut conn = ctx.pool.get().await?;
-    let (row, expires_at) = StaffUserRow::by_session_until(&mut conn, &hash, now)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    drop(conn);
+    let (row, expires_at) = bounded(ctx, async {
+        let mut conn = ctx.pool.get().await?;
+        Ok(StaffUserRow::by_session_until(&mut conn, &hash, now).await?)
+    })
+    .await?
+    .ok_or_else(ApiError::unauthenticated)?;
     ctx.sessions
         .staff
         .insert(key, row.clone(), expires_at, now, at);
@@ -468,10 +483,12 @@ pub async fn authenticate_customer(req: &HttpRequest) -> Result<Customer, ApiErr
         .app_data::<web::Data<AppContext>>()
         .ok_or_else(|| ApiError::internal("app context", "missing"))?;
     let token = bearer(req).ok_or_else(ApiError::unauthenticated)?;
-    let mut conn = ctx.pool.get().await?;
-    let phone = CustomerSession::phone_for(&mut conn, &token_hash(&token), Utc::now())
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
+    let phone = bounded(ctx, async {
+        let mut conn = ctx.pool.get().await?;
+        Ok(CustomerSession::phone_for(&mut conn, &token_hash(&token), Utc::now()).await?)
+    })
+    .await?
+    .ok_or_else(ApiError::unauthenticated)?;
     Ok(Customer {
         phone: Phone::from_stored(phone),
         unconfirmed: None,
@@ -499,11 +516,12 @@ pub async fn authenticate_customer_for_write(req: &HttpRequest) -> Result<Custom
     }
     metrics::counter!("s2o_session_cache_total", "kind" => "customer", "result" => "miss")
         .increment(1);
-    let mut conn = ctx.pool.get().await?;
-    let (phone, expires_at) = CustomerSession::phone_until(&mut conn, &hash, now)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    drop(conn);
+    let (phone, expires_at) = bounded(ctx, async {
+        let mut conn = ctx.pool.get().await?;
+        Ok(CustomerSession::phone_until(&mut conn, &hash, now).await?)
+    })
+    .await?
+    .ok_or_else(ApiError::unauthenticated)?;
     ctx.sessions
         .customers
         .insert(key, phone.clone(), expires_at, now, at);

@@ -135,6 +135,9 @@ struct LiveOrder {
     committed: OrderStatus,
     /// The status after every change sent to the writer; transitions are checked against it.
     projected: OrderStatus,
+    /// A status change of unknown outcome is being settled: further changes wait (503) until the
+    /// stored status is known, or a retry of the same change could be written twice.
+    unsettled: bool,
 }
 
 type PlaceReply = oneshot::Sender<Result<PlacedOrder, EngineError>>;
@@ -259,6 +262,7 @@ impl RestaurantActor {
                         stored,
                         committed: status,
                         projected: status,
+                        unsettled: false,
                     },
                 )
             })
@@ -447,6 +451,7 @@ impl RestaurantActor {
                 stored,
                 committed: status,
                 projected: status,
+                unsettled: false,
             },
         );
         self.publish(Some(table), |seq| ServerMsg::OrderCreated {
@@ -721,6 +726,10 @@ impl RestaurantActor {
     }
 
     fn reconcile(&mut self, id: Uuid, found: Option<StoredOrder>) {
+        // Whatever was stored is known now: the order takes status changes again.
+        if let Some(live) = self.live.get_mut(&id) {
+            live.unsettled = false;
+        }
         let Some(stored) = found else {
             return;
         };
@@ -938,6 +947,9 @@ impl Handler<ChangeStatus> for RestaurantActor {
                 }
             }));
         };
+        if live.unsettled {
+            return Box::pin(actix::fut::ready(Err(EngineError::Unavailable)));
+        }
         let from = live.projected;
         if !from.can_become(to) {
             return Box::pin(actix::fut::ready(Err(EngineError::InvalidTransition {
@@ -967,20 +979,25 @@ impl Handler<ChangeStatus> for RestaurantActor {
             async move { writer.send(Write(op)).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
+                    let mut unknown = false;
                     let committed = match res {
                         Ok(Ok(WriteOutcome::SessionEnded)) => Err(EngineError::Unauthenticated),
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => {
-                            if e.outcome_unknown() {
-                                act.reconcile_later(ctx, Unsettled::Status(id));
-                            }
+                            unknown = e.outcome_unknown();
                             Err(writer_error(e))
                         }
                         Err(_) => {
-                            act.reconcile_later(ctx, Unsettled::Status(id));
+                            unknown = true;
                             Err(EngineError::Unavailable)
                         }
                     };
+                    if unknown {
+                        if let Some(live) = act.live.get_mut(&id) {
+                            live.unsettled = true;
+                        }
+                        act.reconcile_later(ctx, Unsettled::Status(id));
+                    }
                     let Some(live) = act.live.get_mut(&id) else {
                         return Err(EngineError::NotFound);
                     };

@@ -100,6 +100,11 @@ pub enum WriteError {
     /// The database refused this op (a constraint); it was not written.
     #[error("write refused: {0}")]
     Refused(String),
+    /// The op waited its whole write timeout behind slow or failing transactions and was never sent:
+    /// certainly not written. (Without this, a request queued behind a stuck batch waited for that
+    /// batch's timeout and then its own.)
+    #[error("not written: the database did not take writes in time")]
+    Expired,
 }
 
 impl WriteError {
@@ -123,9 +128,16 @@ pub struct WriterStats {
     pub largest_batch: AtomicU64,
     /// Writes waiting behind the transaction in flight.
     pub queued: AtomicU64,
+    /// Writes answered unwritten because their timeout ran out while they waited.
+    pub expired: AtomicU64,
 }
 
-type Pending = (WriteOp, oneshot::Sender<Result<WriteOutcome, WriteError>>);
+/// An op, who waits for it, and when it was queued (its write timeout runs from then).
+type Pending = (
+    WriteOp,
+    oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    Instant,
+);
 
 pub struct PersistenceWriter {
     pool: DbPool,
@@ -158,25 +170,45 @@ impl PersistenceWriter {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        // Ops whose write timeout has run out while they waited are answered without being sent.
+        let timeout = self.timeout;
+        let (expired, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|(_, _, queued)| queued.elapsed() >= timeout);
+        self.queue = waiting;
+        for (_, reply, _) in expired {
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Err(WriteError::Expired));
+        }
         if self.queue.is_empty() {
             return;
         }
         let take = self.queue.len().min(MAX_BATCH_OPS);
         let batch: Vec<Pending> = self.queue.drain(..take).collect();
+        // The batch gets what is left of its oldest op's timeout (at least a second), so that every
+        // request is answered about when its own timeout runs out.
+        let oldest = batch
+            .iter()
+            .map(|(_, _, q)| q.elapsed())
+            .max()
+            .unwrap_or_default();
+        let batch_timeout = timeout
+            .saturating_sub(oldest)
+            .max(Duration::from_secs(1).min(timeout));
         self.stats
             .queued
             .store(self.queue.len() as u64, Ordering::Relaxed);
         self.in_flight = true;
         let pool = self.pool.clone();
-        let timeout = self.timeout;
         let wake = self.outbox_wake.clone();
         let stats = self.stats.clone();
         let fut = async move {
             let started = Instant::now();
             let n = batch.len() as u64;
-            let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.into_iter().unzip();
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+                batch.into_iter().map(|(op, reply, _)| (op, reply)).unzip();
             let writes_outbox = ops.iter().any(WriteOp::has_outbox);
-            let results = commit_with_fallback(&pool, timeout, ops, &stats).await;
+            let results = commit_with_fallback(&pool, batch_timeout, ops, &stats).await;
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.ops.fetch_add(n, Ordering::Relaxed);
             stats.largest_batch.fetch_max(n, Ordering::Relaxed);
@@ -215,7 +247,7 @@ impl Handler<Write> for PersistenceWriter {
 
     fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.queue.push((msg.0, tx));
+        self.queue.push((msg.0, tx, Instant::now()));
         if !self.in_flight {
             self.flush(ctx);
         }
@@ -277,6 +309,16 @@ async fn commit_with_fallback(
     match commit_batch(pool, timeout, &ops).await {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(err) if ops.len() == 1 => vec![Err(err)],
+        // The batch may have committed (the database went away or did not answer in time): replaying
+        // its ops one by one could apply them twice (a status change's history row). Every op gets the
+        // unknown outcome; the restaurants settle them by reading back.
+        Err(err) if err.outcome_unknown() => {
+            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(ops = ops.len(), error = %err, "batch of unknown outcome");
+            ops.iter()
+                .map(|_| Err(WriteError::Unavailable(err.to_string())))
+                .collect()
+        }
         Err(err) => {
             stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(ops = ops.len(), error = %err, "batch failed; retrying op by op");

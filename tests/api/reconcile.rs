@@ -89,3 +89,86 @@ async fn an_order_committed_after_the_writer_timed_out_still_reaches_the_kitchen
         other => panic!("expected the status change and no duplicate order_created, got {other:?}"),
     }
 }
+
+#[actix_web::test]
+async fn a_status_change_retried_while_its_first_attempt_is_unsettled_is_written_once() {
+    let app = spawn_app_with(|s| s.database.write_timeout_ms = 300).await;
+    let r = app.restaurant("late-status", 1, 1).await;
+    let chef = app.login_chef(&r).await;
+    let guest = app.verify_phone("+447700900556").await;
+    let order = app
+        .place_order(&guest, &r.tables[0], &[(&r.items[0], 1)])
+        .await;
+    let id = order.id.to_string();
+    let mut kitchen = app.kitchen_socket(&chef, "").await;
+    kitchen.hello_snapshot().await;
+
+    // Status changes now commit 1.5 s after their COMMIT was sent: the writer gives up first.
+    let mut db = app.db().await;
+    diesel::sql_query(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
+    )
+    .execute(&mut db)
+    .await
+    .expect("function");
+    diesel::sql_query(
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON order_status_history \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    )
+    .execute(&mut db)
+    .await
+    .expect("trigger");
+
+    let first = app.set_status(&chef, &id, "accepted").await;
+    assert_eq!(
+        first.status(),
+        503,
+        "the writer gave up before the commit finished"
+    );
+    // The kitchen retries at once, as a client does after a 503. Until the first attempt is settled
+    // the order takes no change: written again, it would be stored twice.
+    let retry = app.set_status(&chef, &id, "accepted").await;
+    assert_eq!(
+        retry.status(),
+        503,
+        "refused while the first attempt is unsettled"
+    );
+    // Refused without a write: no second UPDATE is queued on the order's row behind the first
+    // attempt's commit (which is still sleeping; the engine's own settling read waits there too).
+    app.assert_sql(
+        "no second write of the change",
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE orders%'",
+    )
+    .await;
+
+    // The first attempt did commit; the engine finds out and tells the kitchen, once.
+    match kitchen.next().await {
+        ServerMsg::OrderStatus { status, .. } => assert_eq!(status.as_str(), "accepted"),
+        other => panic!("expected the settled status change, got {other:?}"),
+    }
+    diesel::sql_query("DROP TRIGGER slow_commit ON order_status_history")
+        .execute(&mut db)
+        .await
+        .expect("drop trigger");
+    app.wait_for_sql(
+        "every write transaction to be over",
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND state <> 'idle'",
+    )
+    .await;
+    app.assert_sql(
+        "one history row for the one change",
+        &format!(
+            "SELECT count(*) = 1 FROM order_status_history \
+             WHERE order_id = '{id}' AND status = 'accepted'"
+        ),
+    )
+    .await;
+    // Settled: the order moves on again, and the same change again is what it is — already done.
+    let again = app.set_status(&chef, &id, "accepted").await;
+    assert_eq!(again.status(), 409);
+    let next = app.set_status(&chef, &id, "preparing").await;
+    assert_eq!(next.status(), 200);
+}
