@@ -45,6 +45,8 @@ pub struct AppHandle {
     sockets: lean::LiveSockets,
     ctx: AppContext,
     notifier: Arc<Arbiter>,
+    /// The listening socket (a second handle to it): shutdown stops it listening at once.
+    listener: Arc<TcpListener>,
 }
 
 impl Application {
@@ -117,6 +119,7 @@ impl Application {
         let shutdown_signal = builder.graceful_shutdown_signal();
         let transport = settings.sockets.transport;
         let local_addr = listener.local_addr()?;
+        let listening = Arc::new(listener.try_clone()?);
         let server = builder
             .listen("scan2order", listener, move || {
                 let app = App::new()
@@ -175,6 +178,7 @@ impl Application {
             sockets,
             ctx,
             notifier: Arc::new(notifier_arbiter),
+            listener: listening,
         };
         tracing::info!(
             port,
@@ -221,6 +225,11 @@ impl AppHandle {
         // New writes get a retryable 503 from here on, so the queues below drain at once.
         self.ctx.engine.begin_drain();
         self.server.pause().await;
+        // Stop listening (on Linux, shutting down the read side of a listening socket does that): new
+        // connections are refused at once, so clients go to another process — or to this one's
+        // successor, which can bind the port while this one drains — instead of waiting in a backlog
+        // nobody accepts from until this process exits.
+        let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Read);
         self.ctx.engine.shutdown().await;
         // The engine told every socket to close with 1001; let their closing handshakes finish (the
         // acceptor does not count lean sockets as connections to wait for).

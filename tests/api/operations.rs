@@ -444,3 +444,31 @@ async fn shutdown_refuses_new_writes_with_a_retryable_503_and_keeps_serving_read
         "{body}"
     );
 }
+
+#[actix_web::test]
+async fn shutdown_stops_listening_at_once_so_clients_go_elsewhere() {
+    let app = spawn_app().await;
+    let r = app.restaurant("listener", 1, 1).await;
+    // A socket that will not answer the closing handshake keeps the shutdown draining for a while.
+    let mut held = app.table_socket(&r.tables[0].token, "").await;
+    held.hello_snapshot().await;
+    let handle = app.handle.clone().expect("handle");
+    let shutdown = actix_web::rt::spawn(async move { handle.shutdown().await });
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port));
+    let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+    let refused = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                break !shutdown.is_finished();
+            }
+            _ if tokio::time::Instant::now() > deadline => break false,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert!(
+        refused,
+        "new connections must be refused while the old process drains, not queue in its backlog"
+    );
+    shutdown.await.expect("shutdown");
+    drop(held);
+}
