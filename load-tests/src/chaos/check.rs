@@ -445,42 +445,12 @@ mod tests {
     //! The reconciliation must catch each kind of violation; a clean run must pass.
 
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
-    use crate::chaos::traffic::{Attempt, TrafficCfg};
-    use crate::setup::{Plan, RestaurantPlan, TablePlan, Target};
+    use crate::chaos::traffic::Attempt;
 
     fn ctx() -> Arc<Ctx> {
-        let plan = Plan {
-            target: Target::parse("http://127.0.0.1:9").expect("target"),
-            restaurants: vec![RestaurantPlan {
-                id: Uuid::from_u128(1),
-                slug: "r".into(),
-                staff_token: "t".into(),
-                via_admin: false,
-                items: vec![(Uuid::from_u128(9), true)],
-                tables: vec![TablePlan {
-                    label: "T1".into(),
-                    token: "tok".into(),
-                }],
-            }],
-            customer_tokens: vec!["c".into()],
-        };
-        Ctx::new(
-            plan,
-            TrafficCfg {
-                kitchen_per_restaurant: 1,
-                table_sockets_per_table: 1,
-                slow_sockets: 0,
-                toggles: false,
-                statuses: false,
-                finish_all: false,
-                status_pause_ms: 0,
-                http_conns: 1,
-                http_timeout: Duration::from_secs(1),
-            },
-        )
+        crate::chaos::traffic::test_ctx()
     }
 
     fn row(id: u128, key: &str, status: &str, items: i64, hist: (&str, &str, i64)) -> OrderRow {

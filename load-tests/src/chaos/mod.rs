@@ -21,7 +21,7 @@ mod whatsapp;
 
 use check::{reconcile, DbState, Verdict};
 use server::{Postgres, Server, ServerSpec};
-use traffic::{lock, Ctx, SubKind, TrafficCfg};
+use traffic::{lock, wait_until, Ctx, SubKind, TrafficCfg};
 
 use crate::fake_whatsapp::FakeWhatsApp;
 use crate::setup::{build_plan, SetupArgs, Target};
@@ -811,18 +811,6 @@ fn mib(b: u64) -> f64 {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Waits for a condition the process can only observe by looking (bounded).
-async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 /// One line a second on stderr.

@@ -227,19 +227,12 @@ impl Server {
         }
     }
 
-    /// Resident memory and open files of the server, from /proc.
+    /// Resident memory (bytes) and open files of the server, from /proc.
     pub fn rss_and_fds(&self) -> Option<(u64, u64)> {
         let pid = self.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
+        let rss = crate::stats::proc_sample(pid)?.rss_kib * 1024;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-        Some((rss_kb * 1024, fds))
+        Some((rss, fds))
     }
 
     /// Stops the server (if running) and drops the run's database.

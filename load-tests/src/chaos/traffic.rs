@@ -352,19 +352,13 @@ impl Ctx {
 
     /// Waits until every subscriber has a position (snapshot or resume) and is connected.
     pub async fn wait_synced(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.subs.iter().all(|s| {
+        wait_until(limit, || {
+            self.subs.iter().all(|s| {
                 let st = lock(&s.state);
                 st.synced && st.connected && !st.awaiting_snapshot
-            }) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            })
+        })
+        .await
     }
 
     /// Places orders at `rate` per second for `duration` (each retried until definitive).
@@ -1055,9 +1049,8 @@ impl Ctx {
         want: &dyn Fn(SubKind, &HashMap<Uuid, OrderStatus>) -> bool,
         limit: Duration,
     ) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            let all = self.subs.iter().all(|s| {
+        wait_until(limit, || {
+            self.subs.iter().all(|s| {
                 let st = lock(&s.state);
                 let (epoch, seq) = &positions[s.kind.restaurant()];
                 st.epoch.as_deref() == Some(epoch.as_str())
@@ -1065,16 +1058,58 @@ impl Ctx {
                         SubKind::Kitchen { .. } => st.last_seq >= *seq,
                         SubKind::Table { .. } => want(s.kind, &st.model),
                     }
-            });
-            if all {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            })
+        })
+        .await
     }
+}
+
+/// Waits for a condition the tool can only observe by looking (the server's state, sockets' models),
+/// checking every 20 ms, at most `limit`.
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// A run of one restaurant with one table (T1), one dish and one guest, for the checks' unit tests.
+#[cfg(test)]
+pub fn test_ctx() -> Arc<Ctx> {
+    use crate::setup::{RestaurantPlan, TablePlan, Target};
+    let plan = Plan {
+        target: Target::parse("http://127.0.0.1:9").expect("target"),
+        restaurants: vec![RestaurantPlan {
+            id: Uuid::from_u128(1),
+            slug: "r".into(),
+            staff_token: "t".into(),
+            via_admin: false,
+            items: vec![(Uuid::from_u128(9), true)],
+            tables: vec![TablePlan {
+                label: "T1".into(),
+                token: "tok".into(),
+            }],
+        }],
+        customer_tokens: vec!["c".into()],
+    };
+    Ctx::new(
+        plan,
+        TrafficCfg {
+            kitchen_per_restaurant: 1,
+            table_sockets_per_table: 1,
+            slow_sockets: 0,
+            toggles: false,
+            statuses: false,
+            finish_all: false,
+            status_pause_ms: 0,
+            http_conns: 1,
+            http_timeout: Duration::from_secs(1),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -1082,38 +1117,9 @@ mod tests {
     //! A subscriber's stream checks: duplicates, holes, reorderings, foreign orders.
 
     use super::*;
-    use crate::setup::{RestaurantPlan, TablePlan, Target};
 
     fn ctx() -> Arc<Ctx> {
-        let plan = Plan {
-            target: Target::parse("http://127.0.0.1:9").expect("target"),
-            restaurants: vec![RestaurantPlan {
-                id: Uuid::from_u128(1),
-                slug: "r".into(),
-                staff_token: "t".into(),
-                via_admin: false,
-                items: vec![],
-                tables: vec![TablePlan {
-                    label: "T1".into(),
-                    token: "tok".into(),
-                }],
-            }],
-            customer_tokens: vec![],
-        };
-        Ctx::new(
-            plan,
-            TrafficCfg {
-                kitchen_per_restaurant: 1,
-                table_sockets_per_table: 1,
-                slow_sockets: 0,
-                toggles: false,
-                statuses: false,
-                finish_all: false,
-                status_pause_ms: 0,
-                http_conns: 1,
-                http_timeout: Duration::from_secs(1),
-            },
-        )
+        test_ctx()
     }
 
     fn order(id: u128, table: &str) -> serde_json::Value {
