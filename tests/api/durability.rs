@@ -17,6 +17,28 @@ const INSERT_WAITS_ON_LOCK: &str = "SELECT count(*) > 0 FROM pg_stat_activity \
      WHERE datname = current_database() AND wait_event_type = 'Lock' \
      AND query ILIKE 'insert into \"orders\"%'";
 
+/// A connection holding `orders` locked in an open transaction: writers' INSERTs into `orders` wait on it
+/// (and so do status UPDATEs) until [`release`].
+async fn lock_orders(app: &crate::helpers::TestApp) -> diesel_async::AsyncPgConnection {
+    let mut locker = app.db().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    diesel::sql_query("LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    locker
+}
+
+async fn release(locker: &mut diesel_async::AsyncPgConnection) {
+    diesel::sql_query("COMMIT")
+        .execute(locker)
+        .await
+        .expect("commit");
+}
+
 #[actix_web::test]
 async fn an_order_is_answered_and_broadcast_only_after_its_transaction_commits() {
     let app = spawn_app().await;
@@ -28,15 +50,7 @@ async fn an_order_is_answered_and_broadcast_only_after_its_transaction_commits()
     let mut table = app.table_socket(&r.tables[0].token, "").await;
     table.hello_snapshot().await;
 
-    let mut locker = app.db().await;
-    diesel::sql_query("BEGIN")
-        .execute(&mut locker)
-        .await
-        .expect("begin");
-    diesel::sql_query("LOCK TABLE orders IN EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_orders(&app).await;
 
     // The guest submits in the background; a connection of its own checks the database the moment the
     // answer arrives.
@@ -68,10 +82,7 @@ async fn an_order_is_answered_and_broadcast_only_after_its_transaction_commits()
     app.assert_sql("nothing committed yet", "SELECT count(*) = 0 FROM orders")
         .await;
 
-    diesel::sql_query("COMMIT")
-        .execute(&mut locker)
-        .await
-        .expect("commit");
+    release(&mut locker).await;
     let (status, visible, order) = submit.await.expect("submit task");
     assert_eq!(status, 201);
     assert!(visible, "the 201 arrived before the row was visible");
@@ -109,15 +120,7 @@ async fn a_status_change_is_acknowledged_only_after_its_transaction_commits() {
     let mut kitchen = app.kitchen_socket(&chef, "").await;
     kitchen.hello_snapshot().await;
 
-    let mut locker = app.db().await;
-    diesel::sql_query("BEGIN")
-        .execute(&mut locker)
-        .await
-        .expect("begin");
-    diesel::sql_query("LOCK TABLE orders IN EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_orders(&app).await;
     kitchen
         .send_json(&serde_json::json!({
             "type": "set_status", "request_id": "r1",
@@ -131,10 +134,7 @@ async fn a_status_change_is_acknowledged_only_after_its_transaction_commits() {
     )
     .await;
     kitchen.assert_quiet_for(Duration::from_millis(300)).await;
-    diesel::sql_query("COMMIT")
-        .execute(&mut locker)
-        .await
-        .expect("commit");
+    release(&mut locker).await;
     let mut got_ack = false;
     let mut got_status = false;
     while !(got_ack && got_status) {
@@ -234,15 +234,7 @@ async fn another_guest_reusing_a_key_still_being_written_gets_a_conflict_not_the
     let key = Uuid::new_v4().to_string();
 
     // Hold the first guest's order before its commit.
-    let mut locker = app.db().await;
-    diesel::sql_query("BEGIN")
-        .execute(&mut locker)
-        .await
-        .expect("begin");
-    diesel::sql_query("LOCK TABLE orders IN EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_orders(&app).await;
     let first = app
         .http
         .post(app.url("/api/v1/orders"))
@@ -277,10 +269,7 @@ async fn another_guest_reusing_a_key_still_being_written_gets_a_conflict_not_the
         "the first guest's phone leaked: {body}"
     );
 
-    diesel::sql_query("COMMIT")
-        .execute(&mut locker)
-        .await
-        .expect("commit");
+    release(&mut locker).await;
     let first = first.await.expect("first request");
     assert_eq!(first.status(), 201);
 }
