@@ -34,12 +34,10 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 use scan2order_schema::domain::OrderStatus;
 use scan2order_schema::models::{
-    MenuCategory, MenuItem, NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, Restaurant,
-    RestaurantTable,
+    NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, RestaurantTable,
 };
 use scan2order_schema::schema::{
-    menu_categories, menu_items, notification_outbox, order_items, order_status_history, orders,
-    restaurant_tables, restaurants,
+    notification_outbox, order_items, order_status_history, orders, restaurant_tables, restaurants,
 };
 use uuid::Uuid;
 
@@ -423,54 +421,9 @@ async fn create_fixture(url: &str, run_id: &str) -> anyhow::Result<Fixture> {
         .context("connecting to --database-url")?;
     let now = Utc::now();
     let name = format!("pg-baseline {run_id}");
-    let r = Restaurant {
-        id: Uuid::now_v7(),
-        slug: format!("pgbase-{run_id}"),
-        name: name.clone(),
-        currency: "EUR".into(),
-        time_zone: "Europe/Rome".into(),
-        accepting_orders: true,
-        menu_version: 1,
-        ticket_warn_after_s: 600,
-        ticket_late_after_s: 1200,
-        created_at: now,
-        updated_at: now,
-    };
-    diesel::insert_into(restaurants::table)
-        .values(&r)
-        .execute(&mut conn)
-        .await?;
-    let cat = MenuCategory {
-        id: Uuid::now_v7(),
-        restaurant_id: r.id,
-        name: "Reference".into(),
-        position: 0,
-        created_at: now,
-    };
-    diesel::insert_into(menu_categories::table)
-        .values(&cat)
-        .execute(&mut conn)
-        .await?;
-    let items: Vec<MenuItem> = (0..8)
-        .map(|i| MenuItem {
-            id: Uuid::now_v7(),
-            restaurant_id: r.id,
-            category_id: cat.id,
-            name: format!("Dish {i}"),
-            description: "reference dish".into(),
-            price_cents: 500 + 100 * i64::from(i),
-            available: true,
-            position: i,
-            tags: Vec::new(),
-            deleted_at: None,
-            created_at: now,
-            updated_at: now,
-        })
-        .collect();
-    diesel::insert_into(menu_items::table)
-        .values(&items)
-        .execute(&mut conn)
-        .await?;
+    let (r, items) =
+        crate::setup::insert_restaurant(&mut conn, &format!("pgbase-{run_id}"), &name, "reference")
+            .await?;
     let tables: Vec<RestaurantTable> = (0..10)
         .map(|i| RestaurantTable {
             id: Uuid::now_v7(),

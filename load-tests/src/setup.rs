@@ -299,7 +299,7 @@ async fn ensure_db_restaurants(
     tables: usize,
 ) -> anyhow::Result<Vec<(String, Vec<(String, String)>)>> {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, restaurants};
+    use scan2order_schema::schema::restaurant_tables;
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| "connecting to --database-url")?;
@@ -310,55 +310,9 @@ async fn ensure_db_restaurants(
         let restaurant = match Restaurant::find_by_slug(&mut conn, &slug).await? {
             Some(r) => r,
             None => {
-                let r = Restaurant {
-                    id: Uuid::now_v7(),
-                    slug: slug.clone(),
-                    name: format!("Load test {n}"),
-                    currency: "EUR".into(),
-                    time_zone: "Europe/Rome".into(),
-                    accepting_orders: true,
-                    menu_version: 1,
-                    ticket_warn_after_s: 600,
-                    ticket_late_after_s: 1200,
-                    created_at: now,
-                    updated_at: now,
-                };
-                diesel::insert_into(restaurants::table)
-                    .values(&r)
-                    .execute(&mut conn)
-                    .await?;
-                let cat = MenuCategory {
-                    id: Uuid::now_v7(),
-                    restaurant_id: r.id,
-                    name: "Load".into(),
-                    position: 0,
-                    created_at: now,
-                };
-                diesel::insert_into(menu_categories::table)
-                    .values(&cat)
-                    .execute(&mut conn)
-                    .await?;
-                let items: Vec<MenuItem> = (0..8)
-                    .map(|i| MenuItem {
-                        id: Uuid::now_v7(),
-                        restaurant_id: r.id,
-                        category_id: cat.id,
-                        name: format!("Dish {i}"),
-                        description: "load test dish".into(),
-                        price_cents: 500 + 100 * i64::from(i),
-                        available: true,
-                        position: i,
-                        tags: Vec::new(),
-                        deleted_at: None,
-                        created_at: now,
-                        updated_at: now,
-                    })
-                    .collect();
-                diesel::insert_into(menu_items::table)
-                    .values(&items)
-                    .execute(&mut conn)
-                    .await?;
-                r
+                insert_restaurant(&mut conn, &slug, &format!("Load test {n}"), "load test")
+                    .await?
+                    .0
             }
         };
         let mut have = RestaurantTable::for_restaurant(&mut conn, restaurant.id).await?;
@@ -398,6 +352,68 @@ async fn ensure_db_restaurants(
 fn random_token() -> String {
     let b: [u8; 24] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Inserts a restaurant with one category and eight available dishes (5.00 … 12.00 EUR) straight into
+/// Postgres; `what` describes the dishes ("load test dish"). Returns the restaurant and its dishes.
+pub async fn insert_restaurant(
+    conn: &mut diesel_async::AsyncPgConnection,
+    slug: &str,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<(Restaurant, Vec<MenuItem>)> {
+    use diesel_async::RunQueryDsl;
+    use scan2order_schema::schema::{menu_categories, menu_items, restaurants};
+    let now = Utc::now();
+    let r = Restaurant {
+        id: Uuid::now_v7(),
+        slug: slug.to_string(),
+        name: name.to_string(),
+        currency: "EUR".into(),
+        time_zone: "Europe/Rome".into(),
+        accepting_orders: true,
+        menu_version: 1,
+        ticket_warn_after_s: 600,
+        ticket_late_after_s: 1200,
+        created_at: now,
+        updated_at: now,
+    };
+    diesel::insert_into(restaurants::table)
+        .values(&r)
+        .execute(conn)
+        .await?;
+    let cat = MenuCategory {
+        id: Uuid::now_v7(),
+        restaurant_id: r.id,
+        name: "Dishes".into(),
+        position: 0,
+        created_at: now,
+    };
+    diesel::insert_into(menu_categories::table)
+        .values(&cat)
+        .execute(conn)
+        .await?;
+    let items: Vec<MenuItem> = (0..8)
+        .map(|i| MenuItem {
+            id: Uuid::now_v7(),
+            restaurant_id: r.id,
+            category_id: cat.id,
+            name: format!("Dish {i}"),
+            description: format!("{what} dish"),
+            price_cents: 500 + 100 * i64::from(i),
+            available: true,
+            position: i,
+            tags: Vec::new(),
+            deleted_at: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    diesel::insert_into(menu_items::table)
+        .values(&items)
+        .execute(conn)
+        .await?;
+    Ok((r, items))
 }
 
 #[cfg(test)]
