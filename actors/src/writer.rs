@@ -170,13 +170,15 @@ impl PersistenceWriter {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        // Ops whose write timeout has run out while they waited are answered without being sent.
+        // Ops whose write timeout has run out while they waited are answered without being sent. The
+        // queue is in arrival order, so they are its front.
         let timeout = self.timeout;
-        let (expired, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .partition(|(_, _, queued)| queued.elapsed() >= timeout);
-        self.queue = waiting;
-        for (_, reply, _) in expired {
+        let expired = self
+            .queue
+            .iter()
+            .position(|(_, _, queued)| queued.elapsed() < timeout)
+            .unwrap_or(self.queue.len());
+        for (_, reply, _) in self.queue.drain(..expired) {
             self.stats.expired.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(Err(WriteError::Expired));
         }
