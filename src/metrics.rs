@@ -1,15 +1,52 @@
 //! Prometheus metrics: one process-wide recorder, rendered at `GET /metrics`. Counters and histograms are
 //! recorded where things happen (actors, writers, notifier, limits); gauges that describe state (pool,
 //! shards, restaurants) are refreshed at each scrape.
+//!
+//! Histograms first collect raw samples in lock-free buckets, which only the recorder's upkeep folds into
+//! their fixed Prometheus buckets. A scrape runs it, but a server nobody scrapes must not keep every
+//! sample: [`spawn_upkeep`] runs it on a timer (before it did, the fault suite's soak saw RSS climb
+//! ~110 bytes per order, unscraped).
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
 
 use crate::context::AppContext;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// How often the recorder's upkeep folds histogram samples into buckets (the exporter's own default).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Upkeep rounds completed so far, for whoever must know that one has run.
+static UPKEEPS: OnceLock<watch::Sender<u64>> = OnceLock::new();
+
+fn upkeeps_sender() -> &'static watch::Sender<u64> {
+    UPKEEPS.get_or_init(|| watch::channel(0).0)
+}
+
+/// Watches the number of upkeep rounds completed.
+pub fn upkeeps() -> watch::Receiver<u64> {
+    upkeeps_sender().subscribe()
+}
+
+/// Runs the recorder's upkeep every `every` on the current runtime, for as long as it lives: histogram
+/// samples recorded between scrapes are folded into their buckets instead of piling up.
+pub fn spawn_upkeep(every: Duration) -> tokio::task::JoinHandle<()> {
+    let handle = handle();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+            upkeeps_sender().send_modify(|n| *n += 1);
+        }
+    })
+}
 
 /// Seconds buckets for latencies, from 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -67,7 +67,7 @@ impl Application {
                 }
             }
         }
-        crate::metrics::handle();
+        crate::metrics::spawn_upkeep(crate::metrics::UPKEEP_EVERY);
         let outbox_wake = Arc::new(Notify::new());
         let engine = ShardSupervisor::start(
             pool.clone(),
