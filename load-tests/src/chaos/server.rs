@@ -228,11 +228,10 @@ impl Server {
     }
 
     /// Resident memory (bytes) and open files of the server, from /proc.
-    pub fn rss_and_fds(&self) -> Option<(u64, u64)> {
+    pub fn rss_and_fds(&self) -> Option<(u64, OpenFiles)> {
         let pid = self.pid()?;
         let rss = crate::stats::proc_sample(pid)?.rss_kib * 1024;
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-        Some((rss, fds))
+        Some((rss, open_files(pid, self.port, port_of(&self.db_url))?))
     }
 
     /// Stops the server (if running) and drops the run's database.
@@ -250,6 +249,75 @@ impl Server {
         .await?;
         Ok(())
     }
+}
+
+/// A process's open files by what they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFiles {
+    pub total: u64,
+    /// TCP connections accepted on the server's port (HTTP and sockets).
+    pub clients: u64,
+    /// TCP connections to Postgres (the pool).
+    pub database: u64,
+    /// Everything else: the listener, files, pipes, event and epoll descriptors, other sockets.
+    pub other: u64,
+}
+
+/// The port in a `postgres://user@host:port/db` URL (5432 when it names none).
+pub fn port_of(url: &str) -> u16 {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    host.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(5432)
+}
+
+/// `pid`'s open files, its TCP sockets told apart with the process's view of `/proc/net/tcp{,6}`.
+pub fn open_files(pid: u32, port: u16, db_port: u16) -> Option<OpenFiles> {
+    let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    let mut tcp = String::new();
+    for f in ["tcp", "tcp6"] {
+        if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{f}")) {
+            tcp.push_str(&t);
+        }
+    }
+    Some(classify(&links, &tcp, port, db_port))
+}
+
+/// Sorts fd link targets (`socket:[inode]`, paths, `anon_inode:…`) by the TCP table's entries.
+fn classify(links: &[String], tcp: &str, port: u16, db_port: u16) -> OpenFiles {
+    const LISTEN: &str = "0A";
+    let hex_port = |a: &str| {
+        a.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    // inode → (local port, remote port, listening)
+    let sockets: std::collections::HashMap<&str, (u16, u16, bool)> = tcp
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, remote) = (hex_port(f.get(1)?)?, hex_port(f.get(2)?)?);
+            Some((*f.get(9)?, (local, remote, *f.get(3)? == LISTEN)))
+        })
+        .collect();
+    let mut out = OpenFiles {
+        total: links.len() as u64,
+        ..OpenFiles::default()
+    };
+    for l in links {
+        let inode = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'));
+        match inode.and_then(|i| sockets.get(i)) {
+            Some(&(local, _, false)) if local == port => out.clients += 1,
+            Some(&(_, remote, false)) if remote == db_port => out.database += 1,
+            _ => out.other += 1,
+        }
+    }
+    out
 }
 
 /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`) with the system's `kill`.
@@ -356,5 +424,79 @@ impl Postgres {
         let mut pids = vec![postmaster];
         pids.extend(rows.iter().filter_map(|r| u32::try_from(r.pid).ok()));
         Ok(pids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_port_comes_from_the_url() {
+        assert_eq!(port_of("postgres://postgres@127.0.0.1:5433/s2o"), 5433);
+        assert_eq!(port_of("postgres://postgres@127.0.0.1/s2o"), 5432);
+        assert_eq!(
+            port_of("postgres://u:p%3A1@db.example:6432/x?sslmode=off"),
+            6432
+        );
+    }
+
+    /// Ports only this test uses, so other tests' sockets in this process cannot change the counts.
+    #[test]
+    fn open_files_tell_accepted_connections_from_database_ones_and_the_rest() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let db = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (port, db_port) = (
+            server.local_addr().expect("addr").port(),
+            db.local_addr().expect("addr").port(),
+        );
+        let before = open_files(std::process::id(), port, db_port).expect("/proc");
+        assert_eq!((before.clients, before.database), (0, 0), "{before:?}");
+
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (_accepted, _) = server.accept().expect("accept");
+        let _pool = std::net::TcpStream::connect(("127.0.0.1", db_port)).expect("connect");
+        let (_db_side, _) = db.accept().expect("accept");
+        let after = open_files(std::process::id(), port, db_port).expect("/proc");
+        // The accepted end is a client; our end towards the database port is a pool connection; the
+        // listeners, the connecting end and the database's accepted end are neither.
+        assert_eq!((after.clients, after.database), (1, 1), "{after:?}");
+        assert_eq!(
+            after.total,
+            after.clients + after.database + after.other,
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn listeners_and_non_sockets_are_other() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0 20 4 30 10 -1
+   2: 0100007F:C350 0100007F:1538 01 00000000:00000000 00:00000000 00000000     0        0 102 1 0 20 4 30 10 -1
+   3: 0100007F:C351 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 103 1 0 20 4 30 10 -1
+";
+        let links: Vec<String> = [
+            "socket:[100]",
+            "socket:[101]",
+            "socket:[102]",
+            "socket:[103]",
+            "socket:[999]",
+            "anon_inode:[eventpoll]",
+            "/var/log/s2o.log",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        let f = classify(&links, tcp, 0x1F90, 0x1538);
+        assert_eq!(
+            f,
+            OpenFiles {
+                total: 7,
+                clients: 1,
+                database: 1,
+                other: 5
+            }
+        );
     }
 }
