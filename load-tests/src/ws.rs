@@ -95,6 +95,20 @@ pub async fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<T
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     if let Some(ip) = bind {
+        // Without IP_BIND_ADDRESS_NO_PORT, bind(ip, 0) reserves a source port unique across every
+        // socket on that address, searched in the kernel under a lock: with thousands of sockets
+        // closing and reconnecting at once (a reconnect storm), each bind took long enough to stall the
+        // whole worker — both runtime threads sat in bind() for tens of seconds and sockets looked
+        // slow to come back. With the option the port is picked at connect() time, by 4-tuple.
+        #[cfg(target_os = "linux")]
+        if ip.is_ipv4() {
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )
+            .map_err(io::Error::from)?;
+        }
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(addr).await?;
