@@ -7,6 +7,25 @@ use serde_json::json;
 
 use crate::helpers::spawn_app_with;
 
+/// From now on every transaction that inserts into `table` takes 1.5 s to commit after its COMMIT
+/// was sent (a deferred constraint trigger that sleeps), so the writer's timeout fires first.
+async fn slow_commits_on(db: &mut diesel_async::AsyncPgConnection, table: &str) {
+    diesel::sql_query(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
+    )
+    .execute(db)
+    .await
+    .expect("function");
+    diesel::sql_query(format!(
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {table} \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+    ))
+    .execute(db)
+    .await
+    .expect("trigger");
+}
+
 #[actix_web::test]
 async fn an_order_committed_after_the_writer_timed_out_still_reaches_the_kitchen() {
     let app = spawn_app_with(|s| s.database.write_timeout_ms = 300).await;
@@ -17,20 +36,7 @@ async fn an_order_committed_after_the_writer_timed_out_still_reaches_the_kitchen
     kitchen.hello_snapshot().await;
 
     let mut db = app.db().await;
-    diesel::sql_query(
-        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
-    )
-    .execute(&mut db)
-    .await
-    .expect("function");
-    diesel::sql_query(
-        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON orders \
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
-    )
-    .execute(&mut db)
-    .await
-    .expect("trigger");
+    slow_commits_on(&mut db, "orders").await;
 
     let res = app
         .place_order_raw(
@@ -105,20 +111,7 @@ async fn a_status_change_retried_while_its_first_attempt_is_unsettled_is_written
 
     // Status changes now commit 1.5 s after their COMMIT was sent: the writer gives up first.
     let mut db = app.db().await;
-    diesel::sql_query(
-        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$",
-    )
-    .execute(&mut db)
-    .await
-    .expect("function");
-    diesel::sql_query(
-        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON order_status_history \
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
-    )
-    .execute(&mut db)
-    .await
-    .expect("trigger");
+    slow_commits_on(&mut db, "order_status_history").await;
 
     let first = app.set_status(&chef, &id, "accepted").await;
     assert_eq!(
