@@ -361,24 +361,39 @@ impl Ctx {
         .await
     }
 
-    /// Places orders at `rate` per second for `duration` (each retried until definitive).
-    pub async fn generate_orders(self: &Arc<Self>, rate: f64, duration: Duration) -> u64 {
+    /// Starts `job(ctx, n)` for n = 0, 1, … at `rate` per second for `duration`, each in a task of its
+    /// own that the tracker waits for; returns how many were started.
+    async fn paced<F, Fut>(self: &Arc<Self>, rate: f64, duration: Duration, job: F) -> u64
+    where
+        F: Fn(Arc<Self>, u64) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let start = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
         let mut next = tokio::time::Instant::now();
-        let mut sent = 0u64;
+        let mut n = 0u64;
         while start.elapsed() < duration {
             next += interval;
             tokio::time::sleep_until(next).await;
             let guard = self.tasks.enter();
-            let ctx = self.clone();
+            let work = job(self.clone(), n);
             tokio::spawn(async move {
-                ctx.place_order().await;
+                work.await;
                 drop(guard);
             });
-            sent += 1;
+            n += 1;
         }
-        sent
+        n
+    }
+
+    /// Places orders at `rate` per second for `duration` (each retried until definitive).
+    pub async fn generate_orders(self: &Arc<Self>, rate: f64, duration: Duration) -> u64 {
+        self.paced(
+            rate,
+            duration,
+            |ctx, _| async move { ctx.place_order().await },
+        )
+        .await
     }
 
     async fn place_order(self: &Arc<Self>) {
@@ -661,27 +676,15 @@ impl Ctx {
 
     /// Flips the last menu item of a random restaurant (kept out of orders) `rate` times a second.
     pub async fn generate_toggles(self: &Arc<Self>, rate: f64, duration: Duration) -> u64 {
-        let start = Instant::now();
-        let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-        let mut next = tokio::time::Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < duration {
-            next += interval;
-            tokio::time::sleep_until(next).await;
-            // Restaurants in turn, each flip the opposite of the last: every toggle is an event.
-            let count = self.plan.restaurants.len() as u64;
+        // Restaurants in turn, each flip the opposite of the last: every toggle is an event. Toggles
+        // run side by side: each is answered when its write commits.
+        let count = self.plan.restaurants.len() as u64;
+        self.paced(rate, duration, move |ctx, n| async move {
             let ri = (n % count) as usize;
             let available = (n / count) % 2 == 1;
-            let guard = self.tasks.enter();
-            let ctx = self.clone();
-            // Toggles run side by side: each is answered when its write commits.
-            tokio::spawn(async move {
-                ctx.toggle(ri, available).await;
-                drop(guard);
-            });
-            n += 1;
-        }
-        n
+            ctx.toggle(ri, available).await;
+        })
+        .await
     }
 
     async fn toggle(&self, ri: usize, available: bool) {
