@@ -319,21 +319,9 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
     }
     let now = Utc::now();
     let id = Uuid::new_v4();
-    Restaurant {
-        id,
-        slug: demo.slug.into(),
-        name: demo.name.into(),
-        currency: demo.currency.into(),
-        time_zone: demo.time_zone.into(),
-        accepting_orders: true,
-        menu_version: 1,
-        ticket_warn_after_s: 600,
-        ticket_late_after_s: 1200,
-        created_at: now,
-        updated_at: now,
-    }
-    .insert(conn)
-    .await?;
+    Restaurant::new(id, demo.slug, demo.name, demo.currency, demo.time_zone, now)
+        .insert(conn)
+        .await?;
     for (ci, (category, items)) in demo.menu.iter().enumerate() {
         let category_id = Uuid::new_v4();
         diesel::insert_into(menu_categories::table)

@@ -595,16 +595,12 @@ async fn write_all(
             let statuses: Vec<String> = last.values().map(|(s, _)| (*s).to_string()).collect();
             let ats: Vec<DateTime<Utc>> = last.values().map(|(_, at)| *at).collect();
             let mut c = shared;
-            diesel::sql_query(
-                "UPDATE orders AS o SET status = v.status, updated_at = v.at \
-                 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS v(id, status, at) \
-                 WHERE o.id = v.id RETURNING o.id",
-            )
-            .bind::<Array<SqlUuid>, _>(ids)
-            .bind::<Array<Text>, _>(statuses)
-            .bind::<Array<Timestamptz>, _>(ats)
-            .load::<Updated>(&mut c)
-            .await
+            diesel::sql_query(scan2order_schema::models::SET_STATUSES_SQL)
+                .bind::<Array<SqlUuid>, _>(ids)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<Timestamptz>, _>(ats)
+                .load::<Updated>(&mut c)
+                .await
         };
         let (updated, _) =
             futures_util::future::try_join(update, futures_util::future::try_join_all(writes))

@@ -384,16 +384,12 @@ async fn write(pool: &Pool<AsyncPgConnection>, b: &Bundle) -> anyhow::Result<()>
             let ids: Vec<Uuid> = b.updates.iter().map(|u| u.0).collect();
             let statuses: Vec<String> = b.updates.iter().map(|u| u.1.to_string()).collect();
             let ats: Vec<DateTime<Utc>> = b.updates.iter().map(|u| u.2).collect();
-            let _: Vec<Updated> = diesel::sql_query(
-                "UPDATE orders AS o SET status = v.status, updated_at = v.at \
-                 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS v(id, status, at) \
-                 WHERE o.id = v.id RETURNING o.id",
-            )
-            .bind::<Array<SqlUuid>, _>(ids)
-            .bind::<Array<Text>, _>(statuses)
-            .bind::<Array<Timestamptz>, _>(ats)
-            .load(c)
-            .await?;
+            let _: Vec<Updated> = diesel::sql_query(scan2order_schema::models::SET_STATUSES_SQL)
+                .bind::<Array<SqlUuid>, _>(ids)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<Timestamptz>, _>(ats)
+                .load(c)
+                .await?;
         }
         for chunk in b.history.chunks(MAX_BIND_PARAMS / 4) {
             diesel::insert_into(order_status_history::table)

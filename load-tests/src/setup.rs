@@ -365,19 +365,7 @@ pub async fn insert_restaurant(
     use diesel_async::RunQueryDsl;
     use scan2order_schema::schema::{menu_categories, menu_items, restaurants};
     let now = Utc::now();
-    let r = Restaurant {
-        id: Uuid::now_v7(),
-        slug: slug.to_string(),
-        name: name.to_string(),
-        currency: "EUR".into(),
-        time_zone: "Europe/Rome".into(),
-        accepting_orders: true,
-        menu_version: 1,
-        ticket_warn_after_s: 600,
-        ticket_late_after_s: 1200,
-        created_at: now,
-        updated_at: now,
-    };
+    let r = Restaurant::new(Uuid::now_v7(), slug, name, "EUR", "Europe/Rome", now);
     diesel::insert_into(restaurants::table)
         .values(&r)
         .execute(conn)

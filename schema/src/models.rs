@@ -30,7 +30,44 @@ pub struct Restaurant {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An open ticket is "waiting long" on the kitchen display after this many seconds, unless the
+/// restaurant says otherwise.
+pub const DEFAULT_TICKET_WARN_AFTER_S: i32 = 600;
+/// …and "late" after this many.
+pub const DEFAULT_TICKET_LATE_AFTER_S: i32 = 1200;
+
+/// Sets many orders' status in one statement: `$1` ids, `$2` statuses, `$3` times, as arrays of the same
+/// length; returns the ids it found. The persistence writer's statement, and `pg-baseline`'s, so the
+/// Postgres-alone reference runs exactly what the engine runs.
+pub const SET_STATUSES_SQL: &str = "UPDATE orders AS o SET status = v.status, updated_at = v.at \
+     FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS v(id, status, at) \
+     WHERE o.id = v.id RETURNING o.id";
+
 impl Restaurant {
+    /// A new restaurant: accepting orders, menu version 1, the default ticket thresholds.
+    pub fn new(
+        id: Uuid,
+        slug: impl Into<String>,
+        name: impl Into<String>,
+        currency: impl Into<String>,
+        time_zone: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Restaurant {
+        Restaurant {
+            id,
+            slug: slug.into(),
+            name: name.into(),
+            currency: currency.into(),
+            time_zone: time_zone.into(),
+            accepting_orders: true,
+            menu_version: 1,
+            ticket_warn_after_s: DEFAULT_TICKET_WARN_AFTER_S,
+            ticket_late_after_s: DEFAULT_TICKET_LATE_AFTER_S,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     pub async fn find(conn: &mut DbConn, id: Uuid) -> QueryResult<Option<Restaurant>> {
         restaurants::table
             .find(id)

@@ -15,6 +15,7 @@ use scan2order_actors::restaurant::{ApplyAdminChange, CloseStaffSockets};
 use scan2order_schema::domain::{is_clean_text, RestaurantId, StaffId};
 use scan2order_schema::models::{
     MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffSession, StaffUserRow,
+    DEFAULT_TICKET_LATE_AFTER_S, DEFAULT_TICKET_WARN_AFTER_S,
 };
 use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, staff_users};
 use serde::{Deserialize, Serialize};
@@ -425,8 +426,14 @@ async fn create_restaurant(
     body: Json<NewRestaurant>,
 ) -> ApiResult<HttpResponse> {
     let b = body.into_inner();
-    let warn = threshold("ticket_warn_after_s", b.ticket_warn_after_s.unwrap_or(600))?;
-    let late = threshold("ticket_late_after_s", b.ticket_late_after_s.unwrap_or(1200))?;
+    let warn = threshold(
+        "ticket_warn_after_s",
+        b.ticket_warn_after_s.unwrap_or(DEFAULT_TICKET_WARN_AFTER_S),
+    )?;
+    let late = threshold(
+        "ticket_late_after_s",
+        b.ticket_late_after_s.unwrap_or(DEFAULT_TICKET_LATE_AFTER_S),
+    )?;
     if late < warn {
         return Err(ApiError::invalid(
             "ticket_late_after_s: must not be below ticket_warn_after_s",

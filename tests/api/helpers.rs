@@ -473,19 +473,14 @@ impl TestApp {
         let mut conn = self.db().await;
         let now = Utc::now();
         let id = Uuid::new_v4();
-        Restaurant {
+        Restaurant::new(
             id,
-            slug: slug.into(),
-            name: format!("Restaurant {slug}"),
-            currency: "EUR".into(),
-            time_zone: "Europe/Berlin".into(),
-            accepting_orders: true,
-            menu_version: 1,
-            ticket_warn_after_s: 600,
-            ticket_late_after_s: 1200,
-            created_at: now,
-            updated_at: now,
-        }
+            slug,
+            format!("Restaurant {slug}"),
+            "EUR",
+            "Europe/Berlin",
+            now,
+        )
         .insert(&mut conn)
         .await
         .expect("restaurant");
