@@ -14,13 +14,7 @@ pid=${3:?server pid}
 sockets=${4:-3000}
 waves=${5:-4}
 
-if [[ -z "${LOAD_BIN:-}" ]]; then
-  target=${CARGO_TARGET_DIR:-target}
-  for c in "$target/release/scan2order-load" "$target/debug/scan2order-load"; do
-    if [[ -x "$c" ]]; then LOAD_BIN=$c; break; fi
-  done
-fi
-[[ -x "${LOAD_BIN:-}" ]] || { echo "churn: scan2order-load not built (set LOAD_BIN)" >&2; exit 2; }
+source "$(dirname "$0")/load-bin.sh"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -519,15 +519,19 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The reconnect storm: restart the server with `cmd` while every socket is subscribed, then wait
-    /// until every socket has reconnected and resumed (after a restart: received a fresh snapshot).
-    async fn restart_storm(&mut self, cmd: &str) -> anyhow::Result<()> {
-        let expected = self
-            .report
+    /// Sockets subscribed in the connect phase (the figure the report carries).
+    fn subscribed(&self) -> u64 {
+        self.report
             .figures
             .get("sockets_subscribed")
             .copied()
-            .unwrap_or(0.0) as u64;
+            .unwrap_or(0.0) as u64
+    }
+
+    /// The reconnect storm: restart the server with `cmd` while every socket is subscribed, then wait
+    /// until every socket has reconnected and resumed (after a restart: received a fresh snapshot).
+    async fn restart_storm(&mut self, cmd: &str) -> anyhow::Result<()> {
+        let expected = self.subscribed();
         let started = now_ns();
         eprintln!("restarting the server: {cmd}");
         let out = tokio::process::Command::new("sh")
@@ -730,12 +734,7 @@ impl Coordinator {
             if let Some(a) = sv.after {
                 sv.peak_rss_kib = sv.peak_rss_kib.max(a.rss_kib);
             }
-            let sockets = self
-                .report
-                .figures
-                .get("sockets_subscribed")
-                .copied()
-                .unwrap_or(0.0) as u64;
+            let sockets = self.subscribed();
             sv.finish(sockets);
             if matches!(self.cfg.scenario, Scenario::Orders | Scenario::Mixed) {
                 // Memory per socket is meaningless here (the baseline was taken after connecting).
