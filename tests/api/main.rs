@@ -3,6 +3,7 @@
 mod helpers;
 
 mod admin;
+mod admin_ordering;
 mod attacks;
 mod concurrency;
 mod durability;
