@@ -10,13 +10,11 @@ use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
-use base64::Engine as _;
 use chrono::Utc;
-use rand::RngCore;
 use scan2order_schema::domain::{Phone, RestaurantId, StaffId};
 use scan2order_schema::models::{CustomerSession, StaffUserRow};
+use scan2order_schema::tokens::{random_url_safe, token_hash};
 use scan2order_schema::wire::Role;
-use sha2::{Digest, Sha256};
 
 use crate::context::AppContext;
 use crate::error::ApiError;
@@ -25,23 +23,6 @@ use scan2order_actors::writer::SessionCheck;
 
 /// The staff session cookie.
 pub const SESSION_COOKIE: &str = "s2o_session";
-
-/// A new opaque token: 256 random bits, URL-safe base64.
-pub fn new_token() -> String {
-    random_url_safe(32)
-}
-
-/// `n` random bytes from the OS-seeded CSPRNG, URL-safe base64 without padding.
-pub fn random_url_safe(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    rand::rng().fill_bytes(&mut buf);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
-/// What the database stores of a token.
-pub fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
 
 /// Argon2id with the crate's recommended parameters.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
@@ -567,17 +548,6 @@ impl FromRequest for Customer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_long_random_and_url_safe() {
-        let a = new_token();
-        let b = new_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 43);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
-    }
 
     #[test]
     fn passwords_verify_only_against_their_hash() {

@@ -14,9 +14,9 @@ use anyhow::Context;
 use chrono::{Duration as ChronoDuration, Utc};
 use scan2order_schema::models::CustomerSession;
 
-use crate::auth::{new_token, token_hash};
 use crate::config::Settings;
 use crate::db;
+use scan2order_schema::tokens::{new_session_token, token_hash};
 
 /// Largest batch minted in one call.
 pub const MAX_COUNT: usize = 2_000_000;
@@ -53,7 +53,7 @@ pub async fn run(settings: Settings, count: usize, out: &Path) -> anyhow::Result
     let mut conn = pool.get().await?;
     let mut rows = Vec::with_capacity(count.min(10_000));
     for i in 0..count {
-        let token = new_token();
+        let token = new_session_token();
         let phone = test_phone((offset + i) % 1_000_000_000);
         writeln!(file, "{token} {phone}")?;
         rows.push(CustomerSession {

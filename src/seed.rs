@@ -11,10 +11,10 @@ use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, 
 use scan2order_schema::{DbConn, DbPool};
 use uuid::Uuid;
 
-use crate::auth::{hash_password, random_url_safe};
+use scan2order_schema::tokens::new_table_token;
 
-/// Bytes of randomness in a table token (192 bits; PROTOCOL asks for at least 128).
-pub const TABLE_TOKEN_BYTES: usize = 24;
+use crate::auth::hash_password;
+
 /// Tables per demo restaurant.
 const DEMO_TABLES: usize = 10;
 /// The demo admin.
@@ -362,7 +362,7 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
             id: Uuid::new_v4(),
             restaurant_id: id,
             label: format!("T{n}"),
-            token: random_url_safe(TABLE_TOKEN_BYTES),
+            token: new_table_token(),
             active: true,
             deleted_at: None,
             // Distinct times keep T1..T10 in order wherever tables are listed by creation.

@@ -6,30 +6,11 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use rand::RngCore;
 use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable};
 use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, restaurants};
+use scan2order_schema::tokens::new_table_token;
 use scan2order_schema::DbConn;
 use uuid::Uuid;
-
-/// Bytes of randomness in a table token (192 bits; PROTOCOL asks for at least 128).
-pub const TABLE_TOKEN_BYTES: usize = 24;
-
-/// A new random table token, URL-safe.
-pub fn new_table_token() -> String {
-    let mut buf = [0u8; TABLE_TOKEN_BYTES];
-    rand::rng().fill_bytes(&mut buf);
-    // URL-safe base64 without padding, written out to avoid a dependency for 24 bytes.
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(32);
-    for chunk in buf.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]);
-        for shift in [18, 12, 6, 0] {
-            out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-        }
-    }
-    out
-}
 
 /// Restaurant fields an admin may change; `None` leaves a field alone.
 #[derive(Clone, Debug, Default)]
@@ -491,19 +472,4 @@ async fn next_item_position(conn: &mut DbConn, category: Uuid) -> Result<i32, Ad
         .first(conn)
         .await?;
     Ok(max.map_or(0, |m| m + 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_tokens_carry_192_random_bits_url_safe() {
-        let a = new_table_token();
-        assert_eq!(a.len(), 32);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
-        assert_ne!(a, new_table_token());
-    }
 }

@@ -9,6 +9,7 @@ use scan2order_actors::notifier::{backoff, SendOutcome, TemplateMessage};
 use scan2order_actors::restaurant::{EngineError, GetTableMenu, PlaceOrder};
 use scan2order_schema::domain::{Phone, MAX_IDEMPOTENCY_KEY_CHARS};
 use scan2order_schema::models::{CustomerSession, OtpChallenge, StoredOrder};
+use scan2order_schema::tokens::{new_session_token, token_hash};
 use scan2order_schema::wire::{
     OrdersPage, OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse,
     PlaceOrderRequest,
@@ -18,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::auth::{self, new_token, token_hash, Customer};
+use crate::auth::{self, Customer};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
@@ -225,7 +226,7 @@ async fn otp_verify(
     if !OtpChallenge::consume(&mut conn, challenge.id, now).await? {
         return Err(invalid_code());
     }
-    let token = new_token();
+    let token = new_session_token();
     let expires_at = now + ChronoDuration::days(auth.customer_session_days);
     CustomerSession {
         token_hash: token_hash(&token),

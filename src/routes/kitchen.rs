@@ -11,13 +11,14 @@ use scan2order_actors::restaurant::{
 };
 use scan2order_schema::domain::{MenuItemId, OrderId, RestaurantId};
 use scan2order_schema::models::{StaffSession, StaffUserRow};
+use scan2order_schema::tokens::{new_session_token, token_hash};
 use scan2order_schema::wire::{
     LoginRequest, LoginResponse, OrderList, SetAcceptingRequest, SetAvailableRequest,
     SetStatusRequest,
 };
 use serde::Deserialize;
 
-use crate::auth::{self, new_token, token_hash, verify_password, Staff, SESSION_COOKIE};
+use crate::auth::{self, verify_password, Staff, SESSION_COOKIE};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
@@ -105,7 +106,7 @@ async fn login(
             return Err(invalid_credentials());
         }
     };
-    let token = new_token();
+    let token = new_session_token();
     let now = Utc::now();
     let hours = ctx.settings.auth.staff_session_hours;
     let mut conn = ctx.pool.get().await?;

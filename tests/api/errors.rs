@@ -215,7 +215,7 @@ async fn unknown_table_tokens_are_not_found() {
     let (app, r, _chef, guest) = setup().await;
     for token in [
         "nope".to_string(),
-        scan2order::auth::random_url_safe(24),
+        scan2order_schema::tokens::new_table_token(),
         "x".repeat(200),
         "a%20b".to_string(),
     ] {
@@ -223,7 +223,7 @@ async fn unknown_table_tokens_are_not_found() {
         expect_error(res, 404, "not_found").await;
     }
     let mut body = order_body(&r.tables[0], &[(&r.items[0], 1)]);
-    body["table_token"] = json!(scan2order::auth::random_url_safe(24));
+    body["table_token"] = json!(scan2order_schema::tokens::new_table_token());
     let res = app
         .place_order_raw(&guest, &Uuid::new_v4().to_string(), &body)
         .await;

@@ -522,7 +522,7 @@ impl TestApp {
                 id: Uuid::new_v4(),
                 restaurant_id: id,
                 label: format!("T{}", i + 1),
-                token: scan2order::auth::random_url_safe(24),
+                token: scan2order_schema::tokens::new_table_token(),
                 active: true,
                 deleted_at: None,
                 created_at: now + chrono::Duration::milliseconds(i as i64),

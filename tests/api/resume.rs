@@ -303,7 +303,7 @@ async fn sockets_with_a_bad_table_token_or_no_staff_token_are_closed_with_1008()
     let guest = app.verify_phone(PHONE).await;
     let table_urls = [
         "/ws/table/nope".to_string(),
-        format!("/ws/table/{}", scan2order::auth::random_url_safe(24)),
+        format!("/ws/table/{}", scan2order_schema::tokens::new_table_token()),
         format!("/ws/table/{}x", r.tables[0].token),
     ];
     let kitchen_urls = [
