@@ -4,7 +4,7 @@
 #   load-tests/smoke.sh URL SEED_FILE TOKENS_FILE [SERVER_PID]
 #
 # URL is the server (loopback only), SEED_FILE the output of `scan2order seed-demo`, TOKENS_FILE the
-# output of `scan2order load-tokens`. The load binary is taken from $LOAD_BIN, else from
+# output of `scan2order-load mint-tokens`. The load binary is taken from $LOAD_BIN, else from
 # $CARGO_TARGET_DIR (or ./target)/{release,debug}/scan2order-load. Fails on the first scenario that
 # errors or whose completeness check fails; also proves that an injected fault makes a run fail.
 set -euo pipefail

@@ -70,6 +70,17 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the configured database ready to serve: creates it when missing (if
+/// `database.create_if_missing`), then applies every pending migration. Every command that touches the
+/// database starts here.
+pub async fn prepare(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let url = settings.url.expose();
+    if settings.create_if_missing {
+        create_database_if_missing(url).await?;
+    }
+    run_migrations(url).await
+}
+
 /// Applies every pending migration. Runs on a plain thread with its own runtime: the migration harness
 /// blocks, and blocking on actix's current-thread runtime from inside it would stall it.
 pub async fn run_migrations(url: &str) -> anyhow::Result<()> {

@@ -12,8 +12,7 @@
 //!   buffer), and [`ws`]: the actix-ws reference transport;
 //! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
 //! - [`qr`]: table QR codes (SVG, PNG) and the printable sheet;
-//! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data;
-//!   [`load_tokens`]: the operator tool that mints customer sessions for load tests.
+//! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data.
 //!
 //! The actors live in `scan2order-actors`, the schema and wire types in `scan2order-schema`.
 
@@ -26,7 +25,6 @@ pub mod error;
 pub mod extract;
 pub mod lean;
 pub mod limits;
-pub mod load_tokens;
 pub mod metrics;
 pub mod qr;
 pub mod routes;

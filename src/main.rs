@@ -54,13 +54,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Operator tool for load tests only: mint N customer sessions (test phones +999…) into FILE.
-    LoadTokens {
-        #[arg(long)]
-        count: usize,
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,9 +76,6 @@ fn main() -> anyhow::Result<()> {
             let url = url
                 .unwrap_or_else(|| format!("http://{}:{}", settings.http.host, settings.http.port));
             system.block_on(scan2order::shards_report::run(&url, &token, json))
-        }
-        Command::LoadTokens { count, out } => {
-            system.block_on(scan2order::load_tokens::run(settings, count, &out))
         }
     }
 }
@@ -117,21 +107,13 @@ async fn wait_for_signal() {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let url = settings.database.url.expose();
-    if settings.database.create_if_missing {
-        db::create_database_if_missing(url).await?;
-    }
-    db::run_migrations(url).await?;
+    db::prepare(&settings.database).await?;
     println!("migrations applied");
     Ok(())
 }
 
 async fn seed_demo(settings: Settings) -> anyhow::Result<()> {
-    let url = settings.database.url.expose();
-    if settings.database.create_if_missing {
-        db::create_database_if_missing(url).await?;
-    }
-    db::run_migrations(url).await?;
+    db::prepare(&settings.database).await?;
     let pool = db::build_pool(&settings.database).await?;
     for line in seed::seed_demo(&pool, settings.public_base_url()).await? {
         println!("{line}");

@@ -53,11 +53,7 @@ impl Application {
     /// Prepares the database (create, migrate, seed the demo when asked), starts shards, writers and the
     /// notifier, and binds the HTTP listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let url = settings.database.url.expose().to_string();
-        if settings.database.create_if_missing {
-            db::create_database_if_missing(&url).await?;
-        }
-        db::run_migrations(&url).await?;
+        db::prepare(&settings.database).await?;
         let pool = db::build_pool(&settings.database).await?;
         if settings.demo.seed_on_start {
             if let Some(lines) = seed::seed_if_empty(&pool, settings.public_base_url()).await? {
@@ -269,11 +265,7 @@ pub async fn create_admin(
         password.chars().count() >= 10,
         "admin passwords need at least 10 characters"
     );
-    let url = settings.database.url.expose();
-    if settings.database.create_if_missing {
-        db::create_database_if_missing(url).await?;
-    }
-    db::run_migrations(url).await?;
+    db::prepare(&settings.database).await?;
     let pool = db::build_pool(&settings.database).await?;
     let mut conn = pool.get().await?;
     anyhow::ensure!(

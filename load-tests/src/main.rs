@@ -18,7 +18,8 @@
 //! - [`setup`]: seed/token files, database-created restaurants, logins and menus → the plan;
 //! - [`worker`]: sockets, order generation, kitchen bot, churn and toggles of one worker;
 //! - [`coord`]: phases, worker processes, progress, merging; [`stats`]: histograms and reports;
-//! - [`accounting`]: the completeness check; [`baseline`]: the reference broadcast server.
+//! - [`accounting`]: the completeness check; [`baseline`]: the reference broadcast server;
+//! - [`tokens`]: guest sessions minted for load runs (`mint-tokens`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ mod fake_whatsapp;
 mod http;
 mod setup;
 mod stats;
+mod tokens;
 mod worker;
 mod ws;
 
@@ -117,6 +119,21 @@ enum Command {
         /// Menu reads (GET /api/v1/tables/{token}) before each order.
         #[arg(long, default_value_t = 1)]
         menu_reads_per_order: u32,
+    },
+    /// Mint N guest sessions (test phones +999…) into the server's migrated database and write their
+    /// tokens to FILE, for `--tokens`. Load tests only: the server itself has no way to create a session
+    /// without a one-time code.
+    MintTokens {
+        /// The server's `database.url`.
+        #[arg(long, env = "SCAN2ORDER__DATABASE__URL")]
+        database_url: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        out: PathBuf,
+        /// Days until the sessions expire.
+        #[arg(long, default_value_t = 2)]
+        days: i64,
     },
     /// The reference broadcast server (tokio-tungstenite), and the fan-out measurement against it.
     BaselineServer {
@@ -269,7 +286,7 @@ struct Common {
     /// `scan2order seed-demo` output: TABLE and LOGIN lines.
     #[arg(long)]
     seed: Option<PathBuf>,
-    /// `scan2order load-tokens` output: customer tokens.
+    /// `scan2order-load mint-tokens` output: customer tokens.
     #[arg(long)]
     tokens: Option<PathBuf>,
     /// Create load-test restaurants `lt-00000…` straight in Postgres (needs an admin LOGIN in --seed).
@@ -412,6 +429,15 @@ fn main() {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Chaos(args) => chaos::run(args).await,
+        Command::MintTokens {
+            database_url,
+            count,
+            out,
+            days,
+        } => {
+            tokens::mint(&database_url, count, days, &out).await?;
+            Ok(0)
+        }
         Command::Worker { job, index } => {
             coord::worker_process(job, index).await?;
             Ok(0)

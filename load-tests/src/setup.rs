@@ -1,5 +1,5 @@
 //! Setup from a running server: tables and logins from `scan2order seed-demo` output (`--seed`),
-//! customer tokens from `scan2order load-tokens` output (`--tokens`), and — for scales the demo seed
+//! customer tokens from `mint-tokens` output (`--tokens`), and — for scales the demo seed
 //! does not reach — restaurants and tables created straight in Postgres (`--database-url` with
 //! `--db-restaurants`), which the server activates on first use like any other. The result is a
 //! [`Plan`] every worker process reads.
@@ -135,7 +135,7 @@ pub fn parse_seed(text: &str) -> Vec<SeedLine> {
         .collect()
 }
 
-/// Reads `token phone` lines (the output of `scan2order load-tokens`).
+/// Reads `token phone` lines (the output of `mint-tokens`).
 pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -1618,7 +1618,7 @@ async fn generate(w: &Arc<Worker>) {
         }
     } else if rate > 0.0 {
         w.stats
-            .error("no_customer_tokens: pass --tokens (scan2order load-tokens output)");
+            .error("no_customer_tokens: pass --tokens (scan2order-load mint-tokens output)");
     }
     if let Some(t) = toggler {
         t.abort();

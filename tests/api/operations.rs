@@ -472,3 +472,33 @@ async fn shutdown_stops_listening_at_once_so_clients_go_elsewhere() {
     shutdown.await.expect("shutdown");
     drop(held);
 }
+
+#[actix_web::test]
+async fn the_server_binary_cannot_create_a_guest_session_without_a_one_time_code() {
+    // Load-test sessions are minted by the load tool; the production binary has no such command.
+    let dir = std::env::temp_dir().join(format!("s2o-no-mint-{}", uuid::Uuid::new_v4().simple()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_scan2order"))
+        .args(["load-tokens", "--count", "1", "--out"])
+        .arg(&dir)
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success(), "the command is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.exists(), "no token file was written");
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_scan2order"))
+        .arg("--help")
+        .output()
+        .await
+        .expect("runs");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.status.success() && text.contains("seed-demo"),
+        "{text}"
+    );
+    assert!(!text.contains("load-tokens"), "{text}");
+}
