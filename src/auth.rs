@@ -18,7 +18,7 @@ use scan2order_schema::wire::Role;
 
 use crate::context::AppContext;
 use crate::error::ApiError;
-use crate::session_cache::{key_of, SessionCache};
+use crate::session_cache::key_of;
 use scan2order_actors::writer::SessionCheck;
 
 /// The staff session cookie.
@@ -308,35 +308,6 @@ fn staff_of(
         row,
         unconfirmed,
     })
-}
-
-/// The sessions the hot write routes may take from memory (see [`crate::session_cache`]).
-pub struct SessionCaches {
-    /// Customer token hash → phone.
-    pub customers: SessionCache<String>,
-    /// Staff token hash → the account.
-    pub staff: SessionCache<StaffUserRow>,
-}
-
-impl SessionCaches {
-    pub fn new(ttl: std::time::Duration, capacity: usize) -> SessionCaches {
-        SessionCaches {
-            customers: SessionCache::new(ttl, capacity),
-            staff: SessionCache::new(ttl, capacity),
-        }
-    }
-
-    /// Forgets one staff session (logout).
-    pub fn end_staff_session(&self, token: &str) {
-        if let Some(key) = key_of(&token_hash(token)) {
-            self.staff.remove(&key);
-        }
-    }
-
-    /// Forgets every session of one staff account (password change, removal).
-    pub fn end_staff_user(&self, user: uuid::Uuid) {
-        self.staff.remove_where(|row| row.id == user);
-    }
 }
 
 /// [`authenticate_staff`] for a route whose only effect is a write through a restaurant's persistence

@@ -43,7 +43,7 @@ pub struct Settings {
     pub sockets: SocketSettings,
     pub auth: AuthSettings,
     pub whatsapp: WhatsAppSettings,
-    pub rate_limits: crate::limits::RateLimitSettings,
+    pub rate_limits: RateLimitSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
 }
@@ -178,6 +178,28 @@ pub struct WhatsAppSettings {
     pub language: String,
     pub request_timeout_ms: u64,
     pub outbox_poll_ms: u64,
+}
+
+/// Tiered rate limits ([`crate::limits`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Off only for load tests that must measure the engine, not the limits.
+    pub enabled: bool,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    pub api_per_minute: u32,
+    pub orders_per_minute: u32,
+    /// Login, one-time-code send and verify, per 15 minutes.
+    pub auth_per_15_minutes: u32,
+    pub socket_connects_per_minute: u32,
+    /// One-time codes sent to one phone.
+    pub otp_sends_per_phone_10_minutes: i64,
+    pub otp_sends_per_phone_day: i64,
+    /// Failed logins of one account per 15 minutes before it is locked for the rest of that window.
+    pub login_failures_per_15_minutes: u32,
+    /// How often idle keys are evicted.
+    pub evict_every_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -6,9 +6,9 @@ use scan2order_actors::notifier::MessageSender;
 use scan2order_actors::shard::ShardSupervisor;
 use scan2order_schema::DbPool;
 
-use crate::auth::SessionCaches;
 use crate::config::Settings;
 use crate::limits::RateLimits;
+use crate::session_cache::SessionCaches;
 
 #[derive(Clone)]
 pub struct AppContext {

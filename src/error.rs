@@ -155,27 +155,6 @@ impl From<actix::MailboxError> for ApiError {
     }
 }
 
-/// The security headers `DefaultHeaders` adds to every answer, added to a refusal that skipped it: a
-/// middleware's error (rate limit, authentication, CSRF) only becomes a response outside the app.
-pub fn with_security_headers(mut res: HttpResponse) -> HttpResponse {
-    let h = res.headers_mut();
-    for (name, value) in [
-        (
-            "content-security-policy",
-            crate::routes::pages::CONTENT_SECURITY_POLICY,
-        ),
-        ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
-        ("x-frame-options", "DENY"),
-    ] {
-        let name = header::HeaderName::from_static(name);
-        if !h.contains_key(&name) {
-            h.insert(name, header::HeaderValue::from_static(value));
-        }
-    }
-    res
-}
-
 /// Maps the JSON extractor's failures to PROTOCOL.md: 413, 415, or 400 naming the problem.
 pub fn json_error(
     err: actix_web::error::JsonPayloadError,

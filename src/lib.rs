@@ -7,9 +7,12 @@
 //! - [`startup`]: builds the application (database, shards, notifier, HTTP) and shuts it down cleanly;
 //! - [`routes`]: the REST and socket endpoints of PROTOCOL.md, with [`auth`] extractors and [`error`]
 //!   mapping every failure to `{"error", "message"}`;
-//! - [`limits`]: tiered rate limits and the client address they key on;
-//! - [`lean`]: the socket transport under the session actors (own acceptor; an idle socket holds no
-//!   buffer), and [`ws`]: the actix-ws reference transport;
+//! - [`limits`]: tiered rate limits and the client address they key on; [`session_cache`]: sessions
+//!   the hot write routes may take from memory;
+//! - [`socket_admission`]: who may open which socket; [`lean`]: the socket transport under the session
+//!   actors (own acceptor; an idle socket holds no buffer), and [`ws`]: the actix-ws reference
+//!   transport;
+//! - [`security_headers`]: the CSP and the other headers on every answer;
 //! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
 //! - [`qr`]: table QR codes (SVG, PNG) and the printable sheet;
 //! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data.
@@ -28,9 +31,11 @@ pub mod limits;
 pub mod metrics;
 pub mod qr;
 pub mod routes;
+pub mod security_headers;
 pub mod seed;
 pub mod session_cache;
 pub mod shards_report;
+pub mod socket_admission;
 pub mod startup;
 pub mod telemetry;
 pub mod whatsapp;

@@ -13,6 +13,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::RateLimitSettings;
+use crate::error::ApiError;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
@@ -22,31 +24,6 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
-use serde::Deserialize;
-
-use crate::context::AppContext;
-use crate::error::ApiError;
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSettings {
-    /// Off only for load tests that must measure the engine, not the limits.
-    pub enabled: bool,
-    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<String>,
-    pub api_per_minute: u32,
-    pub orders_per_minute: u32,
-    /// Login, one-time-code send and verify, per 15 minutes.
-    pub auth_per_15_minutes: u32,
-    pub socket_connects_per_minute: u32,
-    /// One-time codes sent to one phone.
-    pub otp_sends_per_phone_10_minutes: i64,
-    pub otp_sends_per_phone_day: i64,
-    /// Failed logins of one account per 15 minutes before it is locked for the rest of that window.
-    pub login_failures_per_15_minutes: u32,
-    /// How often idle keys are evicted.
-    pub evict_every_s: u64,
-}
 
 /// Which tier a request counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,13 +272,13 @@ pub async fn limit(
     let path = req.path();
     let counted = path.starts_with("/api/") || path.starts_with("/ws/");
     if counted {
-        if let Some(ctx) = req.app_data::<web::Data<AppContext>>() {
-            if let Some(ip) = ctx.limits.client_ip(req.request()) {
+        if let Some(limits) = req.app_data::<web::Data<RateLimits>>() {
+            if let Some(ip) = limits.client_ip(req.request()) {
                 if let Some(tier) = special_tier(req.method(), path) {
-                    ctx.limits.check(tier, ip)?;
+                    limits.check(tier, ip)?;
                 }
                 if path.starts_with("/api/") {
-                    ctx.limits.check(Tier::Api, ip)?;
+                    limits.check(Tier::Api, ip)?;
                 }
             }
         }

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use scan2order_schema::models::StaffUserRow;
+use scan2order_schema::tokens::token_hash;
 
 /// SHA-256 of a token: the key, as the database stores it.
 pub type TokenHash = [u8; 32];
@@ -126,6 +128,35 @@ impl<V: Clone, K: Eq + Hash + Clone> SessionCache<V, K> {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+/// The sessions the hot write routes may take from memory (see the module's header).
+pub struct SessionCaches {
+    /// Customer token hash → phone.
+    pub customers: SessionCache<String>,
+    /// Staff token hash → the account.
+    pub staff: SessionCache<StaffUserRow>,
+}
+
+impl SessionCaches {
+    pub fn new(ttl: std::time::Duration, capacity: usize) -> SessionCaches {
+        SessionCaches {
+            customers: SessionCache::new(ttl, capacity),
+            staff: SessionCache::new(ttl, capacity),
+        }
+    }
+
+    /// Forgets one staff session (logout).
+    pub fn end_staff_session(&self, token: &str) {
+        if let Some(key) = key_of(&token_hash(token)) {
+            self.staff.remove(&key);
+        }
+    }
+
+    /// Forgets every session of one staff account (password change, removal).
+    pub fn end_staff_user(&self, user: uuid::Uuid) {
+        self.staff.remove_where(|row| row.id == user);
     }
 }
 

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use actix_http::{HttpService, KeepAlive};
 use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server, ServerHandle};
-use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use scan2order_actors::notifier::NotifierActor;
 use scan2order_actors::restaurant::RestaurantConfig;
@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::context::AppContext;
 use crate::limits::{self, RateLimits};
-use crate::{db, error, lean, routes, seed, whatsapp};
+use crate::{db, error, lean, routes, security_headers, seed, whatsapp};
 
 /// How long in-flight requests get to finish once shutdown has begun.
 const SHUTDOWN_GRACE_S: u64 = 10;
@@ -97,7 +97,7 @@ impl Application {
             settings: settings.clone(),
             limits,
             sender,
-            sessions: Arc::new(crate::auth::SessionCaches::new(
+            sessions: Arc::new(crate::session_cache::SessionCaches::new(
                 std::time::Duration::from_secs(settings.auth.session_cache_ttl_s),
                 settings.auth.session_cache_entries,
             )),
@@ -121,18 +121,11 @@ impl Application {
                 let app = App::new()
                     .wrap(from_fn(crate::drain::refuse_while_draining))
                     .wrap(from_fn(limits::limit))
-                    .wrap(
-                        DefaultHeaders::new()
-                            .add((
-                                "Content-Security-Policy",
-                                routes::pages::CONTENT_SECURITY_POLICY,
-                            ))
-                            .add(("X-Content-Type-Options", "nosniff"))
-                            .add(("Referrer-Policy", "no-referrer"))
-                            .add(("X-Frame-Options", "DENY")),
-                    )
+                    .wrap(security_headers::default_headers())
                     .wrap(from_fn(crate::telemetry::request_span))
                     .app_data(web::Data::new(app_ctx.clone()))
+                    // The rate-limit middleware reads its limiters on their own.
+                    .app_data(web::Data::from(app_ctx.limits.clone()))
                     .app_data(
                         web::JsonConfig::default()
                             .limit(body_limit)
@@ -158,7 +151,7 @@ impl Application {
                     // `AppConfig`'s host only feeds URL generation, which nothing here uses.
                     .finish(map_config(
                         app.into_factory().map_err(|e: actix_web::Error| {
-                            error::with_security_headers(e.error_response())
+                            security_headers::with_security_headers(e.error_response())
                         }),
                         |_| AppConfig::default(),
                     ))

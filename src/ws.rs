@@ -15,7 +15,7 @@ use scan2order_actors::session::{Inbound, SocketSession};
 use scan2order_actors::sink::{Outgoing, SinkReceiver, SocketSink};
 
 use crate::config::SocketSettings;
-use crate::routes::sockets::{session_settings, SessionSpec};
+use crate::socket_admission::{session_settings, SessionSpec};
 
 /// How long a close handshake may wait on a socket that does not read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,7 +1,7 @@
 //! The lean transport's opening handshake: read the upgrade request (into a per-thread buffer when it
 //! comes in one piece, as it nearly always does), parse it with `httparse`, apply what actix-web's
 //! middleware would have (the per-IP socket-connect limit, the security headers), decide with
-//! [`crate::routes::sockets::resolve`] like the actix route does, and answer `101 Switching Protocols`
+//! [`crate::socket_admission::resolve`] like the actix route does, and answer `101 Switching Protocols`
 //! or an HTTP error. Only the few header values the decision needs are kept across the `await`.
 
 use std::cell::RefCell;
@@ -19,8 +19,8 @@ use crate::auth::RequestParts;
 use crate::context::AppContext;
 use crate::error::ApiError;
 use crate::limits::Tier;
-use crate::routes::pages::CONTENT_SECURITY_POLICY;
-use crate::routes::sockets::{resolve, Decision, SessionSpec, SocketTarget};
+use crate::security_headers::SECURITY_HEADERS;
+use crate::socket_admission::{resolve, Decision, SessionSpec, SocketTarget};
 
 /// The largest request head accepted (an upgrade request carries only a few headers).
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -29,14 +29,6 @@ const MAX_HEADERS: usize = 48;
 /// How long a client may take to send its request head (actix-web's `client_request_timeout`).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// The response headers actix-web's `DefaultHeaders` middleware adds to every answer.
-const SECURITY_HEADERS: [(&str, &str); 4] = [
-    ("content-security-policy", CONTENT_SECURITY_POLICY),
-    ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
-    ("x-frame-options", "DENY"),
-];
 
 thread_local! {
     /// Where request heads are read and answers are written, one socket at a time.

@@ -9,7 +9,7 @@
 //! connection by peeking at its first bytes:
 //! - `GET /ws/…` goes to the lean path: [`handshake`] reads the request head, applies the
 //!   socket-connect rate limit and the security headers (what actix-web's middleware does for `/ws/`),
-//!   decides with `routes::sockets::resolve` (one implementation for both transports) and answers 101;
+//!   decides with `socket_admission::resolve` (one implementation for both transports) and answers 101;
 //!   then the [`SocketSession`] actor starts on the worker with a [`Connection`] as its stream of inbound
 //!   frames. The connection owns the `TcpStream` and also drains the session's sink into it, so a
 //!   socket is one actor task and no buffer;
@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::config::SocketTransport;
 use crate::context::AppContext;
-use crate::routes::sockets::session_settings;
+use crate::socket_admission::session_settings;
 
 pub mod conn;
 pub mod frame;

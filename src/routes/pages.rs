@@ -12,12 +12,6 @@ use crate::error::ApiError;
 #[exclude = "README.md"]
 struct Assets;
 
-/// Sent with every response: pages load only their own scripts and styles, never run inline script,
-/// cannot be framed, and never leak a table token through the `Referer` header.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
-     form-action 'self'; frame-ancestors 'none'";
-
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(root))
         .route("/t/{token}", web::get().to(guest))
