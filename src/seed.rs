@@ -12,6 +12,7 @@ use scan2order_schema::{DbConn, DbPool};
 use uuid::Uuid;
 
 use scan2order_schema::tokens::new_table_token;
+use scan2order_schema::wire::Role;
 
 use crate::auth::hash_password;
 
@@ -264,7 +265,7 @@ pub enum SeedLine {
         url: String,
     },
     Login {
-        role: String,
+        role: Role,
         slug: String,
         username: String,
         password: String,
@@ -289,7 +290,7 @@ async fn ensure_user(
     conn: &mut DbConn,
     username: &str,
     password: &str,
-    role: &str,
+    role: Role,
     restaurant: Option<Uuid>,
 ) -> anyhow::Result<()> {
     if StaffUserRow::by_username(conn, username).await?.is_some() {
@@ -302,7 +303,7 @@ async fn ensure_user(
             id: Uuid::new_v4(),
             username: username.to_string(),
             password_hash: hash,
-            role: role.to_string(),
+            role,
             restaurant_id: restaurant,
             created_at: Utc::now(),
         })
@@ -382,7 +383,7 @@ pub async fn seed_demo(pool: &DbPool, public_base_url: &str) -> anyhow::Result<V
     let mut lines = Vec::new();
     for demo in DEMO {
         let id = ensure_restaurant(&mut conn, demo).await?;
-        ensure_user(&mut conn, demo.chef.0, demo.chef.1, "chef", Some(id)).await?;
+        ensure_user(&mut conn, demo.chef.0, demo.chef.1, Role::Chef, Some(id)).await?;
         for t in RestaurantTable::for_restaurant(&mut conn, id).await? {
             if t.active {
                 lines.push(SeedLine::Table {
@@ -393,15 +394,15 @@ pub async fn seed_demo(pool: &DbPool, public_base_url: &str) -> anyhow::Result<V
             }
         }
         lines.push(SeedLine::Login {
-            role: "chef".into(),
+            role: Role::Chef,
             slug: demo.slug.into(),
             username: demo.chef.0.into(),
             password: demo.chef.1.into(),
         });
     }
-    ensure_user(&mut conn, DEMO_ADMIN.0, DEMO_ADMIN.1, "admin", None).await?;
+    ensure_user(&mut conn, DEMO_ADMIN.0, DEMO_ADMIN.1, Role::Admin, None).await?;
     lines.push(SeedLine::Login {
-        role: "admin".into(),
+        role: Role::Admin,
         slug: "-".into(),
         username: DEMO_ADMIN.0.into(),
         password: DEMO_ADMIN.1.into(),

@@ -273,7 +273,7 @@ pub async fn create_admin(
             id: uuid::Uuid::new_v4(),
             username: username.clone(),
             password_hash: hash,
-            role: "admin".into(),
+            role: scan2order_schema::wire::Role::Admin,
             restaurant_id: None,
             created_at: chrono::Utc::now(),
         })

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use scan2order_schema::domain::OrderStatus;
 use scan2order_schema::models::{NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, StoredOrder};
 use scan2order_schema::schema::{
     menu_items, notification_outbox, order_items, order_status_history, orders, restaurants,
@@ -57,7 +58,7 @@ pub enum WriteOp {
     InsertOrder(Box<NewOrderBundle>),
     SetStatus {
         order_id: Uuid,
-        status: &'static str,
+        status: OrderStatus,
         at: DateTime<Utc>,
         by: Option<Uuid>,
         outbox: Option<NewOutbox>,
@@ -514,12 +515,12 @@ async fn write_all(
         .filter(|(_, b)| inserted.contains(&b.order.id))
         .map(|(_, b)| NewStatusHistory {
             order_id: b.order.id,
-            status: b.order.status.clone(),
+            status: b.order.status,
             changed_at: b.order.created_at,
             changed_by: None,
         })
         .collect();
-    let mut last: indexmap::IndexMap<Uuid, (&'static str, DateTime<Utc>)> =
+    let mut last: indexmap::IndexMap<Uuid, (OrderStatus, DateTime<Utc>)> =
         indexmap::IndexMap::new();
     let mut status_ops: Vec<(usize, Uuid)> = Vec::new();
     for (i, op) in ops.iter().enumerate().filter(|(i, _)| !ended.contains(i)) {
@@ -534,7 +535,7 @@ async fn write_all(
             last.insert(*order_id, (*status, *at));
             history.push(NewStatusHistory {
                 order_id: *order_id,
-                status: (*status).to_string(),
+                status: *status,
                 changed_at: *at,
                 changed_by: *by,
             });
@@ -592,7 +593,7 @@ async fn write_all(
                 return Ok(Vec::new());
             }
             let ids: Vec<Uuid> = last.keys().copied().collect();
-            let statuses: Vec<String> = last.values().map(|(s, _)| (*s).to_string()).collect();
+            let statuses: Vec<OrderStatus> = last.values().map(|(s, _)| *s).collect();
             let ats: Vec<DateTime<Utc>> = last.values().map(|(_, at)| *at).collect();
             let mut c = shared;
             diesel::sql_query(scan2order_schema::models::SET_STATUSES_SQL)

@@ -256,7 +256,7 @@ async fn writer(
                     ticket_no,
                     business_day: today,
                     phone: phone.clone(),
-                    status: "placed".into(),
+                    status: OrderStatus::Placed,
                     note: format!("lt:{n}"),
                     total_cents: total,
                     currency: "EUR".into(),
@@ -266,7 +266,7 @@ async fn writer(
                 });
                 bundle.history.push(NewStatusHistory {
                     order_id: id,
-                    status: "placed".into(),
+                    status: OrderStatus::Placed,
                     changed_at: now,
                     changed_by: None,
                 });
@@ -286,7 +286,7 @@ async fn writer(
             bundle.updates.push((id, status.as_str(), now));
             bundle.history.push(NewStatusHistory {
                 order_id: id,
-                status: status.as_str().to_string(),
+                status,
                 changed_at: now,
                 changed_by: None,
             });

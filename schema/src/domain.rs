@@ -76,8 +76,23 @@ id_type!(
     StaffId
 );
 
-/// Where an order is in the kitchen. `served` and `cancelled` are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Where an order is in the kitchen. `served` and `cancelled` are final. Stored by name
+/// ([`crate::stored`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Placed,

@@ -7,6 +7,7 @@
 pub mod domain;
 pub mod models;
 pub mod schema;
+pub mod stored;
 pub mod tokens;
 pub mod wire;
 

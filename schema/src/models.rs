@@ -216,7 +216,7 @@ pub struct StaffUserRow {
     pub id: Uuid,
     pub username: String,
     pub password_hash: String,
-    pub role: String,
+    pub role: wire::Role,
     pub restaurant_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
@@ -270,7 +270,7 @@ impl StaffUserRow {
         wire::StaffUser {
             id: self.id.into(),
             username: self.username.clone(),
-            role: wire::Role::parse(&self.role).unwrap_or(wire::Role::Chef),
+            role: self.role,
             restaurant_id: self.restaurant_id.map(Into::into),
         }
     }
@@ -480,7 +480,7 @@ pub struct OrderRow {
     pub ticket_no: i32,
     pub business_day: NaiveDate,
     pub phone: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub note: String,
     pub total_cents: i64,
     pub currency: String,
@@ -505,7 +505,7 @@ pub struct OrderItemRow {
 #[diesel(table_name = order_status_history)]
 pub struct NewStatusHistory {
     pub order_id: Uuid,
-    pub status: String,
+    pub status: OrderStatus,
     pub changed_at: DateTime<Utc>,
     pub changed_by: Option<Uuid>,
 }
@@ -527,7 +527,7 @@ impl StoredOrder {
             table_id: r.table_id.into(),
             table_label: r.table_label.clone(),
             ticket_no: r.ticket_no,
-            status: r.status.parse().unwrap_or(OrderStatus::Placed),
+            status: r.status,
             items: self
                 .items
                 .iter()

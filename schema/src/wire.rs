@@ -191,7 +191,19 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a staff member may do. Stored by name ([`crate::stored`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Chef,
@@ -205,14 +217,28 @@ impl Role {
             Role::Admin => "admin",
         }
     }
-    pub fn parse(s: &str) -> Option<Role> {
+}
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
         match s {
-            "chef" => Some(Role::Chef),
-            "admin" => Some(Role::Admin),
-            _ => None,
+            "chef" => Ok(Role::Chef),
+            "admin" => Ok(Role::Admin),
+            _ => Err(UnknownRole),
         }
     }
 }
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("role must be chef or admin")]
+pub struct UnknownRole;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StaffUser {
@@ -353,6 +379,19 @@ pub fn without_type_names(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_are_stored_and_sent_by_the_same_names() {
+        for role in [Role::Chef, Role::Admin] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(role.to_string(), role.as_str());
+            assert_eq!(
+                serde_json::to_value(role).expect("json"),
+                serde_json::Value::String(role.as_str().into())
+            );
+        }
+        assert_eq!("owner".parse::<Role>(), Err(UnknownRole));
+    }
 
     #[test]
     fn socket_message_errors_name_no_rust_types() {

@@ -18,6 +18,7 @@ use scan2order_schema::models::{
     DEFAULT_TICKET_LATE_AFTER_S, DEFAULT_TICKET_WARN_AFTER_S,
 };
 use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, staff_users};
+use scan2order_schema::wire::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -908,7 +909,7 @@ async fn create_staff(
         id: Uuid::new_v4(),
         username: name,
         password_hash: hash,
-        role: "chef".into(),
+        role: Role::Chef,
         restaurant_id: Some(*rid),
         created_at: Utc::now(),
     };

@@ -572,7 +572,7 @@ impl TestApp {
                 id,
                 username: username.into(),
                 password_hash: scan2order::auth::hash_password(password).expect("hash"),
-                role: role.into(),
+                role: role.parse().expect("chef or admin"),
                 restaurant_id: restaurant,
                 created_at: Utc::now(),
             })

@@ -23,7 +23,7 @@ use super::EngineError;
 
 /// The stored status of an order row.
 pub(crate) fn stored_status(row: &OrderRow) -> OrderStatus {
-    row.status.parse().unwrap_or(OrderStatus::Placed)
+    row.status
 }
 
 /// An order that is neither served nor cancelled.
@@ -201,7 +201,7 @@ impl OrderBook {
                 ticket_no,
                 business_day,
                 phone: request.phone.to_string(),
-                status: OrderStatus::Placed.as_str().to_string(),
+                status: OrderStatus::Placed,
                 note: order_note,
                 total_cents: total,
                 currency: menu.info.currency.clone(),
@@ -250,7 +250,7 @@ impl OrderBook {
         at: DateTime<Utc>,
     ) -> Option<StatusApplied> {
         let live = self.live.get_mut(&id)?;
-        live.stored.row.status = to.as_str().to_string();
+        live.stored.row.status = to;
         live.stored.row.updated_at = at;
         let applied = StatusApplied {
             order: live.stored.to_wire(false),
@@ -503,7 +503,7 @@ mod tests {
         assert_eq!(order.row.table_label, "T1");
         assert_eq!(order.row.ticket_no, 1);
         assert_eq!(order.row.note, "no onions");
-        assert_eq!(order.row.status, "placed");
+        assert_eq!(order.row.status, OrderStatus::Placed);
         assert_eq!(order.items.len(), 1);
         assert_eq!(order.items[0].unit_price_cents, 1250);
         assert_eq!(order.items[0].name, "Pizza");
@@ -690,7 +690,7 @@ mod tests {
         );
         // The database says it did commit: the order is accepted, and takes changes again.
         let mut stored = book.get(id).expect("in the book").clone();
-        stored.row.status = "accepted".into();
+        stored.row.status = OrderStatus::Accepted;
         match book.settle(id, Some(stored)) {
             Settled::StatusChanged(applied) => {
                 assert_eq!(applied.order.status, OrderStatus::Accepted)

@@ -291,7 +291,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
         let at = Utc::now();
         let op = WriteOp::SetStatus {
             order_id: id,
-            status: to.as_str(),
+            status: to,
             at,
             by: msg.by.map(StaffId::get),
             outbox,
