@@ -14,7 +14,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use scan2order_actors::notifier::NotifierActor;
 use scan2order_actors::restaurant::RestaurantConfig;
-use scan2order_actors::shard::{EngineSettings, ShardSupervisor};
+use scan2order_actors::shard::{EngineConfig, ShardSupervisor};
 use tokio::sync::Notify;
 
 use crate::config::Settings;
@@ -67,7 +67,7 @@ impl Application {
         let outbox_wake = Arc::new(Notify::new());
         let engine = ShardSupervisor::start(
             pool.clone(),
-            EngineSettings {
+            EngineConfig {
                 shards: settings.shards(),
                 write_timeout: settings.write_timeout(),
                 restaurant: RestaurantConfig {

@@ -38,9 +38,11 @@ impl Drop for InFlight<'_> {
 /// Longest accepted table token; anything longer is not one of ours.
 const MAX_TOKEN_LEN: usize = 64;
 
-/// Settings of the engine.
+/// What the engine is started with, built from the `[engine]` and `[database]` settings (the
+/// server's `config::EngineSettings`): like [`RestaurantConfig`], a `…Config` is what an actor runs
+/// with, a `…Settings` what the settings file says.
 #[derive(Clone, Debug)]
-pub struct EngineSettings {
+pub struct EngineConfig {
     /// Number of shard arbiters (threads).
     pub shards: usize,
     /// How long a write transaction may take before callers are told the database is unavailable.
@@ -120,7 +122,7 @@ struct Inner {
     registry: DashMap<RestaurantId, Arc<OnceCell<Addr<RestaurantActor>>>>,
     tables: DashMap<String, TableRef>,
     pool: DbPool,
-    settings: EngineSettings,
+    config: EngineConfig,
     activations: AtomicU64,
     restarts: AtomicU64,
     passivations: AtomicU64,
@@ -158,19 +160,15 @@ pub struct ShardStats {
 
 impl ShardSupervisor {
     /// Starts the shard arbiters and their writers. Must run inside an actix system.
-    pub fn start(
-        pool: DbPool,
-        settings: EngineSettings,
-        outbox_wake: Arc<Notify>,
-    ) -> ShardSupervisor {
-        let k = settings.shards.max(1);
+    pub fn start(pool: DbPool, config: EngineConfig, outbox_wake: Arc<Notify>) -> ShardSupervisor {
+        let k = config.shards.max(1);
         let shards = (0..k)
             .map(|_| {
                 let arbiter = Arbiter::new();
                 let writer_stats = Arc::new(WriterStats::default());
                 let (p, t, w, s) = (
                     pool.clone(),
-                    settings.write_timeout,
+                    config.write_timeout,
                     outbox_wake.clone(),
                     writer_stats.clone(),
                 );
@@ -193,7 +191,7 @@ impl ShardSupervisor {
                 registry: DashMap::new(),
                 tables: DashMap::new(),
                 pool,
-                settings,
+                config,
                 activations: AtomicU64::new(0),
                 restarts: AtomicU64::new(0),
                 passivations: AtomicU64::new(0),
@@ -310,7 +308,7 @@ impl ShardSupervisor {
         let shard = &self.inner.shards[self.shard_of(id)];
         let writer = shard.writer.clone();
         let pool = self.inner.pool.clone();
-        let config = self.inner.settings.restaurant.clone();
+        let config = self.inner.config.restaurant.clone();
         let weak = Arc::downgrade(&self.inner);
         let on_passivate: PassivateHook = Box::new(move |tokens: Vec<String>| {
             let Some(inner) = weak.upgrade() else {
