@@ -195,7 +195,7 @@ async fn apply_in(
     let now = Utc::now();
     match change {
         AdminChange::UpdateRestaurant(p) => {
-            let mut r = Restaurant::find(conn, rid)
+            let mut r = Restaurant::find_for_update(conn, rid)
                 .await?
                 .ok_or(AdminError::NotFound)?;
             if let Some(v) = p.name {

@@ -65,17 +65,17 @@ pub enum WriteOp {
         /// The staff session that asked for it, when authenticated from memory.
         session: Option<SessionCheck>,
     },
+    /// A kitchen sold-out toggle; it moves the restaurant's menu version on.
     SetAvailability {
         restaurant_id: Uuid,
         item_id: Uuid,
         available: bool,
-        menu_version: i64,
         at: DateTime<Utc>,
     },
+    /// The kitchen pauses or resumes ordering; it moves the restaurant's menu version on.
     SetAccepting {
         restaurant_id: Uuid,
         accepting: bool,
-        menu_version: i64,
         at: DateTime<Utc>,
     },
 }
@@ -89,6 +89,10 @@ pub enum WriteOutcome {
     Duplicate(Box<StoredOrder>),
     /// The update was committed.
     Done,
+    /// A menu or restaurant flag was committed; the restaurant's menu version is now this. The
+    /// `restaurants.menu_version` column is the one counter of menu versions: every change that
+    /// alters what guests see adds one to it in its own transaction, so a version names one menu.
+    MenuChanged(i64),
     /// Nothing was written: the session that authorised the op has ended (see [`SessionCheck`]).
     SessionEnded,
 }
@@ -637,7 +641,6 @@ async fn write_all(
                 restaurant_id,
                 item_id,
                 available,
-                menu_version,
                 at,
             } => {
                 let n = diesel::update(
@@ -654,21 +657,20 @@ async fn write_all(
                 if n != 1 {
                     return Err(diesel::result::Error::NotFound);
                 }
-                bump_menu_version(conn, *restaurant_id, *menu_version, *at).await?;
-                outcomes[i] = Some(WriteOutcome::Done);
+                let version = bump_menu_version(conn, *restaurant_id, *at).await?;
+                outcomes[i] = Some(WriteOutcome::MenuChanged(version));
             }
             WriteOp::SetAccepting {
                 restaurant_id,
                 accepting,
-                menu_version,
                 at,
             } => {
                 diesel::update(restaurants::table.find(restaurant_id))
                     .set(restaurants::accepting_orders.eq(accepting))
                     .execute(conn)
                     .await?;
-                bump_menu_version(conn, *restaurant_id, *menu_version, *at).await?;
-                outcomes[i] = Some(WriteOutcome::Done);
+                let version = bump_menu_version(conn, *restaurant_id, *at).await?;
+                outcomes[i] = Some(WriteOutcome::MenuChanged(version));
             }
             _ => {}
         }
@@ -680,18 +682,18 @@ async fn write_all(
         .collect())
 }
 
+/// Adds one to the restaurant's menu version; returns the new version.
 async fn bump_menu_version(
     conn: &mut DbConn,
     restaurant_id: Uuid,
-    version: i64,
     at: DateTime<Utc>,
-) -> Result<(), diesel::result::Error> {
+) -> Result<i64, diesel::result::Error> {
     diesel::update(restaurants::table.find(restaurant_id))
         .set((
-            restaurants::menu_version.eq(version),
+            restaurants::menu_version.eq(restaurants::menu_version + 1),
             restaurants::updated_at.eq(at),
         ))
-        .execute(conn)
+        .returning(restaurants::menu_version)
+        .get_result(conn)
         .await
-        .map(|_| ())
 }

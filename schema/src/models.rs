@@ -77,6 +77,18 @@ impl Restaurant {
             .optional()
     }
 
+    /// [`Restaurant::find`], locking the row until the transaction ends: a change computed from the
+    /// row (its menu version included) cannot lose a concurrent one.
+    pub async fn find_for_update(conn: &mut DbConn, id: Uuid) -> QueryResult<Option<Restaurant>> {
+        restaurants::table
+            .find(id)
+            .select(Restaurant::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()
+    }
+
     pub async fn find_by_slug(conn: &mut DbConn, slug: &str) -> QueryResult<Option<Restaurant>> {
         restaurants::table
             .filter(restaurants::slug.eq(slug))

@@ -18,7 +18,7 @@ use scan2order_schema::wire::{
 use uuid::Uuid;
 
 use super::{EngineError, RestaurantActor};
-use crate::writer::WriteOp;
+use crate::writer::{WriteOp, WriteOutcome};
 
 /// A restaurant's menu, tables and settings as last committed, with the guest JSON rendered from them.
 pub(crate) struct Menu {
@@ -36,9 +36,6 @@ pub(crate) struct Menu {
     menu_json: String,
     /// The restaurant as guests see it (`RestaurantPublic`), rendered after every change.
     public_json: String,
-    /// The menu version the next kitchen toggle commits; never below the stored one, so versions
-    /// only grow even while toggles are in flight.
-    next_version: i64,
 }
 
 pub(crate) fn parse_tz(name: &str) -> chrono_tz::Tz {
@@ -54,7 +51,6 @@ impl Menu {
     ) -> Menu {
         let mut menu = Menu {
             tz: parse_tz(&info.time_zone),
-            next_version: info.menu_version,
             info,
             categories,
             items: items.into_iter().map(|i| (i.id, i)).collect(),
@@ -143,24 +139,24 @@ impl Menu {
         tables: HashMap<Uuid, RestaurantTable>,
     ) {
         self.tz = parse_tz(&info.time_zone);
-        self.next_version = self.next_version.max(info.menu_version);
+        // A toggle that committed after this reload was read but answered before it is already in
+        // memory, with a later version: keep what is newest.
+        let newest = self.info.menu_version.max(info.menu_version);
         self.info = info;
+        self.info.menu_version = newest;
         self.categories = categories;
         self.items = items.into_iter().map(|i| (i.id, i)).collect();
         self.tables = tables;
         self.render();
     }
 
-    /// Takes the next menu version for a kitchen toggle.
-    fn take_version(&mut self) -> i64 {
-        self.next_version += 1;
-        self.next_version
-    }
-
-    /// Records a committed menu version (toggles may commit out of the order they were numbered in).
-    fn committed_version(&mut self, version: i64) {
-        self.info.menu_version = self.info.menu_version.max(version);
-        self.next_version = self.next_version.max(self.info.menu_version);
+    /// Records the menu version a committed change left in the database. Answers can reach the actor
+    /// out of commit order (a toggle's answer after the reload of an admin change that committed
+    /// later), so the version kept is the newest seen.
+    fn committed_version(&mut self, outcome: &WriteOutcome) {
+        if let WriteOutcome::MenuChanged(version) = outcome {
+            self.info.menu_version = self.info.menu_version.max(*version);
+        }
     }
 
     /// The guest menu of one table: restaurant, table and menu in one JSON body.
@@ -213,21 +209,19 @@ impl Handler<SetAvailability> for RestaurantActor {
         if item.available == msg.available {
             return Box::pin(actix::fut::ready(Ok(item.to_view())));
         }
-        let version = self.menu.take_version();
         let at = Utc::now();
         let op = WriteOp::SetAvailability {
             restaurant_id: self.id.get(),
             item_id: id,
             available: msg.available,
-            menu_version: version,
             at,
         };
         Box::pin(
             self.commit(op)
                 .into_actor(self)
                 .map(move |committed, act, _| {
-                    committed.stored()?;
-                    act.menu.committed_version(version);
+                    let outcome = committed.stored()?;
+                    act.menu.committed_version(&outcome);
                     let view = match act.menu.items.get_mut(&id) {
                         Some(item) => {
                             item.available = msg.available;
@@ -263,19 +257,17 @@ impl Handler<SetAccepting> for RestaurantActor {
         if self.menu.info.accepting_orders == msg.accepting {
             return Box::pin(actix::fut::ready(Ok(self.menu.kitchen_view())));
         }
-        let version = self.menu.take_version();
         let op = WriteOp::SetAccepting {
             restaurant_id: self.id.get(),
             accepting: msg.accepting,
-            menu_version: version,
             at: Utc::now(),
         };
         Box::pin(
             self.commit(op)
                 .into_actor(self)
                 .map(move |committed, act, _| {
-                    committed.stored()?;
-                    act.menu.committed_version(version);
+                    let outcome = committed.stored()?;
+                    act.menu.committed_version(&outcome);
                     act.menu.info.accepting_orders = msg.accepting;
                     act.menu.render();
                     act.publish(None, |seq| ServerMsg::Restaurant {
