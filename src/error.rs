@@ -120,7 +120,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let (code, message) = e.code();
         let status = match &e {
-            EngineError::NotFound => StatusCode::NOT_FOUND,
+            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
             EngineError::ItemUnavailable(_)
             | EngineError::NotAccepting

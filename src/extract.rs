@@ -3,6 +3,10 @@
 //! `JsonConfig` and its error handler still check size, media type and syntax), but a value of the
 //! wrong shape is refused with 400 `invalid_request` naming the offending field
 //! (`items[0].quantity: invalid type: string "two", expected an integer`) and without Rust type names.
+//!
+//! Both also refuse control characters (NUL, BEL, ESC…; newline and tab are text) in every string and
+//! key, naming the field, before any route sees the value: client text never reaches Postgres (which
+//! refuses NUL and would answer like an outage), a log line or a kitchen screen with them.
 
 use std::future::Future;
 use std::ops::Deref;
@@ -10,8 +14,10 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
+use scan2order_schema::domain::is_clean_text;
 use scan2order_schema::wire::without_type_names;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -41,6 +47,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         let value = web::Json::<serde_json::Value>::from_request(req, payload);
         Box::pin(async move {
             let value = value.await?.into_inner();
+            if let Some(field) = control_character_at(&value, &mut String::new()) {
+                return Err(ApiError::invalid(control_characters(&field, "body")).into());
+            }
             serde_path_to_error::deserialize(value)
                 .map(Json)
                 .map_err(|e| ApiError::invalid(describe("body", &e)).into())
@@ -71,11 +80,55 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let pairs = form_urlencoded::parse(req.query_string().as_bytes());
+        if let Some((key, _)) = pairs
+            .clone()
+            .find(|(k, v)| !is_clean_text(k) || !is_clean_text(v))
+        {
+            let field = if plain_key(&key) { key.as_ref() } else { "" };
+            return std::future::ready(Err(ApiError::invalid(control_characters(field, "query"))));
+        }
         let result = serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs))
             .map(Query)
             .map_err(|e| ApiError::invalid(describe("query", &e)));
         std::future::ready(result)
     }
+}
+
+/// The path of the first string or key in `value` that is not clean text (`items[2].note`), `""` for
+/// the value itself; `None` when every string is clean. Keys a client made up end the path there.
+fn control_character_at(value: &Value, path: &mut String) -> Option<String> {
+    match value {
+        Value::String(s) => (!is_clean_text(s)).then(|| path.clone()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = control_character_at(item, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if !is_clean_text(key) {
+                return Some(path.clone());
+            }
+            if !plain_key(key) {
+                return control_character_at(item, &mut String::new()).map(|_| path.clone());
+            }
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(key);
+            let found = control_character_at(item, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+fn control_characters(field: &str, whole: &str) -> String {
+    let field = if field.is_empty() { whole } else { field };
+    format!("{field}: control characters are not allowed")
 }
 
 /// `field: what is wrong`, the field as a path into the value (`items[0].quantity`); `whole` when the
@@ -92,9 +145,7 @@ fn describe<E: std::fmt::Display>(whole: &str, e: &serde_path_to_error::Error<E>
 /// sentence) ends it there, since the message quotes such a key anyway.
 fn field_name(whole: &str, path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
-    let plain = |k: &str| {
-        !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
+    let plain = plain_key;
     let mut out = String::new();
     for segment in path.iter() {
         match segment {
@@ -113,6 +164,11 @@ fn field_name(whole: &str, path: &serde_path_to_error::Path) -> String {
     } else {
         out
     }
+}
+
+/// A key that reads as a field name: quoted in messages; others are the client's own words.
+fn plain_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
@@ -155,6 +211,33 @@ mod tests {
         assert_eq!(
             refusal(r#""x""#),
             r#"body: invalid type: string "x", expected a JSON object"#
+        );
+    }
+
+    fn control_field(json: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(json).expect("json");
+        control_character_at(&value, &mut String::new())
+    }
+
+    #[test]
+    fn control_characters_are_found_in_every_string_and_key() {
+        assert_eq!(
+            control_field(r#"{"username":"\u0000\u0007","password":"x"}"#),
+            Some("username".into())
+        );
+        assert_eq!(
+            control_field(r#"{"items":[{"note":"ok"},{"note":"a\u001bb"}]}"#),
+            Some("items[1].note".into())
+        );
+        assert_eq!(
+            control_field(r#"{"items":[{"no\u0000te":1}]}"#),
+            Some("items[0]".into())
+        );
+        assert_eq!(control_field(r#"{"a b":{"x":"\u0000"}}"#), Some("".into()));
+        assert_eq!(control_field(r#""\u0000""#), Some("".into()));
+        assert_eq!(
+            control_field(r#"{"note":"two\nlines\tand a tab","n":1,"b":null}"#),
+            None
         );
     }
 

@@ -150,7 +150,9 @@ pub async fn resolve(
                 staff: None,
                 resume: q.resume(),
             })),
-            Err(EngineError::NotFound) => Ok(Decision::Refuse(close_code::POLICY, "unknown table")),
+            Err(EngineError::NotFound(_)) => {
+                Ok(Decision::Refuse(close_code::POLICY, "unknown table"))
+            }
             Err(e) => Err(ApiError::from(e)),
         },
         SocketTarget::Kitchen => {
@@ -190,7 +192,7 @@ pub async fn resolve(
                     staff: Some(staff.id),
                     resume: q.resume(),
                 })),
-                Err(EngineError::NotFound) => {
+                Err(EngineError::NotFound(_)) => {
                     Ok(Decision::Refuse(close_code::POLICY, "unknown restaurant"))
                 }
                 Err(e) => Err(ApiError::from(e)),

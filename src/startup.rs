@@ -218,6 +218,7 @@ impl AppHandle {
         // connections are refused at once, so clients go to another process — or to this one's
         // successor, which can bind the port while this one drains — instead of waiting in a backlog
         // nobody accepts from until this process exits.
+        crate::telemetry::listener_closed_on_purpose();
         let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Read);
         self.ctx.engine.shutdown().await;
         // The engine told every socket to close with 1001; let their closing handshakes finish (the

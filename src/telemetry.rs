@@ -5,6 +5,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
@@ -13,15 +15,43 @@ use crate::context::AppContext;
 use crate::config::{LogFormat, LogSettings};
 
 pub fn init(settings: &LogSettings) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);
+    let acceptor = tracing_subscriber::filter::filter_fn(|meta| {
+        keep(meta.target(), LISTENER_CLOSED.load(Ordering::Relaxed))
+    });
     let _ = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(acceptor)
+            .try_init(),
+        LogFormat::Pretty => builder.finish().with(acceptor).try_init(),
     };
+}
+
+/// Set once shutdown has closed the listening socket on purpose.
+static LISTENER_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Shutdown closes the listening socket itself (so new connections go elsewhere at once) while the
+/// acceptor thread may not yet have taken in the pause before it: the acceptor then reports that
+/// socket's `accept` and deregistration failing, at ERROR, on every deploy. From here on those reports
+/// are about the closing this process did, not errors, and are left out of the log.
+pub fn listener_closed_on_purpose() {
+    LISTENER_CLOSED.store(true, Ordering::Relaxed);
+    tracing::info!("stopped accepting connections");
+}
+
+/// Whether an event of `target` is logged: everything but the acceptor's complaints about a listener
+/// shutdown closed.
+fn keep(target: &str, listener_closed: bool) -> bool {
+    !(listener_closed && target.starts_with("actix_server::accept"))
 }
 
 /// Every request runs in a `request` span carrying its id (the caller's sane `X-Request-Id`, or a new
@@ -67,3 +97,19 @@ pub async fn request_span(
 }
 
 const REQUEST_ID: &str = "x-request-id";
+
+#[cfg(test)]
+mod tests {
+    use super::keep;
+
+    #[test]
+    fn the_acceptor_is_quiet_only_once_shutdown_closed_its_listener() {
+        assert!(
+            keep("actix_server::accept", false),
+            "accept errors in service are errors"
+        );
+        assert!(!keep("actix_server::accept", true));
+        assert!(keep("actix_server::server", true));
+        assert!(keep("scan2order::startup", true));
+    }
+}

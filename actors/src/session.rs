@@ -120,7 +120,7 @@ impl SocketSession {
                     act.subscribing = false;
                     match res {
                         Ok(Ok(id)) => act.subscription = Some(id),
-                        Ok(Err(EngineError::NotFound)) => {
+                        Ok(Err(EngineError::NotFound(_))) => {
                             act.sink.close(close_code::POLICY);
                             ctx.stop();
                         }

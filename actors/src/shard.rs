@@ -20,7 +20,7 @@ use scan2order_schema::DbPool;
 use tokio::sync::{Notify, OnceCell};
 
 use crate::restaurant::{
-    CloseAll, EngineError, GetStats, LoadedRestaurant, PassivateHook, RestaurantActor,
+    CloseAll, EngineError, GetStats, LoadedRestaurant, Missing, PassivateHook, RestaurantActor,
     RestaurantConfig, RestaurantStats,
 };
 use crate::sink::close_code;
@@ -295,7 +295,7 @@ impl ShardSupervisor {
     ) -> Result<Addr<RestaurantActor>, EngineError> {
         let loaded = LoadedRestaurant::load(&self.inner.pool, id)
             .await?
-            .ok_or(EngineError::NotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Restaurant))?;
         for t in loaded.tables.iter().filter(|t| t.active) {
             self.inner.tables.insert(
                 t.token.clone(),
@@ -343,7 +343,7 @@ impl ShardSupervisor {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(EngineError::NotFound);
+            return Err(EngineError::NotFound(Missing::Table));
         }
         if let Some(r) = self.inner.tables.get(token).map(|r| *r) {
             return Ok((self.restaurant(r.restaurant_id).await?, r));
@@ -357,7 +357,7 @@ impl ShardSupervisor {
         let table = RestaurantTable::by_token(&mut conn, token)
             .await
             .map_err(|_| EngineError::Unavailable)?
-            .ok_or(EngineError::NotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Table))?;
         drop(conn);
         let r = TableRef {
             restaurant_id: table.restaurant_id.into(),

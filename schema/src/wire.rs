@@ -341,14 +341,27 @@ pub enum ClientMsg {
 impl ClientMsg {
     /// Parses one inbound socket message. The error says what was wrong in JSON terms, never with the
     /// Rust type names serde would print (`expected internally tagged enum ClientMsg`).
+    /// Its strings must be clean text (no NUL, ESC…), as in every REST body.
     pub fn parse(text: &str) -> Result<ClientMsg, String> {
-        serde_json::from_str(text).map_err(|e| without_type_names(&e.to_string()))
+        let msg: ClientMsg =
+            serde_json::from_str(text).map_err(|e| without_type_names(&e.to_string()))?;
+        let (field, value) = match &msg {
+            ClientMsg::Resume { epoch, .. } => ("epoch", epoch),
+            ClientMsg::SetStatus { request_id, .. } => ("request_id", request_id),
+        };
+        if !crate::domain::is_clean_text(value) {
+            return Err(format!("{field}: control characters are not allowed"));
+        }
+        Ok(msg)
     }
 }
 
 /// serde names the Rust types it expected (`expected struct PlaceOrderRequest`, `expected i32`); a
 /// client is told what JSON was expected instead.
 pub fn without_type_names(message: &str) -> String {
+    if let Some(sentence) = instead_of_library_text(message) {
+        return sentence;
+    }
     let Some(at) = message.find("expected ") else {
         return message.to_string();
     };
@@ -376,9 +389,57 @@ pub fn without_type_names(message: &str) -> String {
     format!("{head}{what}{rest}")
 }
 
+/// A library's own parser message that serde passes on verbatim (`UUID parsing failed: invalid
+/// character…`, Rust's `invalid digit found in string`), replaced by what was expected; serde_json's
+/// position (` at line 1 column 9`) is kept.
+fn instead_of_library_text(message: &str) -> Option<String> {
+    let (text, position) = match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => message.split_at(i),
+        _ => (message, ""),
+    };
+    let expected = if text.starts_with("UUID parsing failed") {
+        "not a valid id"
+    } else {
+        match text {
+            "invalid digit found in string"
+            | "cannot parse integer from empty string"
+            | "number too large to fit in target type"
+            | "number too small to fit in target type" => "expected an integer",
+            "invalid float literal" => "expected a number",
+            "provided string was not `true` or `false`" => "expected true or false",
+            _ => return None,
+        }
+    };
+    Some(format!("{expected}{position}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn library_parser_text_never_reaches_clients() {
+        let bad_id = ClientMsg::parse(
+            r#"{"type":"set_status","request_id":"r","order_id":"\u0000","status":"ready"}"#,
+        )
+        .expect_err("refused");
+        assert!(bad_id.starts_with("not a valid id"), "{bad_id}");
+        assert!(!bad_id.contains("UUID"), "{bad_id}");
+        assert_eq!(
+            ClientMsg::parse(
+                r#"{"type":"set_status","request_id":"\u0000","order_id":"0190f0f0-0000-7000-8000-000000000000","status":"ready"}"#
+            ),
+            Err("request_id: control characters are not allowed".to_string())
+        );
+        assert_eq!(
+            without_type_names("invalid digit found in string"),
+            "expected an integer"
+        );
+        assert_eq!(
+            without_type_names("invalid type: integer `1`, expected a string at line 1 column 3"),
+            "invalid type: integer `1`, expected a string at line 1 column 3"
+        );
+    }
 
     #[test]
     fn roles_are_stored_and_sent_by_the_same_names() {

@@ -278,7 +278,7 @@ async fn place_order(
         .resolve_table(&body.table_token)
         .await
         .map_err(|e| match e {
-            EngineError::NotFound => ApiError::new(
+            EngineError::NotFound(_) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "table_token: no such table",

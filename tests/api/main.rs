@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0 against a fresh Postgres database per test.
 
 mod helpers;
+mod hostile_text;
 
 mod admin;
 mod admin_ordering;

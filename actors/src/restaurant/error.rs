@@ -6,8 +6,9 @@ use scan2order_schema::domain::{MenuItemId, OrderStatus};
 /// (`scan2order::error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    #[error("not found")]
-    NotFound,
+    /// Nothing of this kind by that id or token (in this restaurant).
+    #[error("{}", .0.sentence())]
+    NotFound(Missing),
     #[error("{0}")]
     Invalid(String),
     #[error("some items are not available")]
@@ -29,7 +30,7 @@ impl EngineError {
     /// The protocol code and sentence of this error, shared by REST answers and socket errors.
     pub fn code(&self) -> (&'static str, String) {
         match self {
-            EngineError::NotFound => ("not_found", "no such order in this restaurant".into()),
+            EngineError::NotFound(_) => ("not_found", self.to_string()),
             EngineError::Invalid(m) => ("invalid_request", m.clone()),
             EngineError::ItemUnavailable(_) => ("item_unavailable", self.to_string()),
             EngineError::NotAccepting => ("not_accepting_orders", self.to_string()),
@@ -37,6 +38,26 @@ impl EngineError {
             EngineError::IdempotencyConflict => ("idempotency_key_reused", self.to_string()),
             EngineError::Unavailable => ("unavailable", self.to_string()),
             EngineError::Unauthenticated => ("unauthenticated", self.to_string()),
+        }
+    }
+}
+
+/// What a [`EngineError::NotFound`] did not find: its answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Restaurant,
+    Table,
+    Order,
+    MenuItem,
+}
+
+impl Missing {
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Missing::Restaurant => "no such restaurant",
+            Missing::Table => "no such table (the QR code may have been replaced)",
+            Missing::Order => "no such order in this restaurant",
+            Missing::MenuItem => "no such menu item in this restaurant",
         }
     }
 }

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use scan2order_schema::domain::{StaffId, TableId};
 use scan2order_schema::wire::ServerMsg;
 
-use super::{Audience, EngineError, RestaurantActor};
+use super::{Audience, EngineError, Missing, RestaurantActor};
 use crate::sink::{close_code, SocketSink};
 
 /// The sockets subscribed to one restaurant.
@@ -189,7 +189,7 @@ impl Handler<Subscribe> for RestaurantActor {
         if let Audience::Table(t) = msg.audience {
             let token = msg.table_token.as_deref().unwrap_or_default();
             if self.menu.table_for(t, token).is_none() {
-                return Err(EngineError::NotFound);
+                return Err(EngineError::NotFound(Missing::Table));
             }
         }
         if msg.hello {

@@ -17,7 +17,7 @@ use scan2order_schema::wire::{
 };
 use uuid::Uuid;
 
-use super::{EngineError, RestaurantActor};
+use super::{EngineError, Missing, RestaurantActor};
 use crate::writer::{WriteOp, WriteOutcome};
 
 /// A restaurant's menu, tables and settings as last committed, with the guest JSON rendered from them.
@@ -204,7 +204,9 @@ impl Handler<SetAvailability> for RestaurantActor {
         self.touch();
         let id = msg.item_id.get();
         let Some(item) = self.menu.items.get(&id) else {
-            return Box::pin(actix::fut::ready(Err(EngineError::NotFound)));
+            return Box::pin(actix::fut::ready(Err(EngineError::NotFound(
+                Missing::MenuItem,
+            ))));
         };
         if item.available == msg.available {
             return Box::pin(actix::fut::ready(Ok(item.to_view())));
@@ -228,7 +230,7 @@ impl Handler<SetAvailability> for RestaurantActor {
                             item.updated_at = at;
                             item.to_view()
                         }
-                        None => return Err(EngineError::NotFound),
+                        None => return Err(EngineError::NotFound(Missing::MenuItem)),
                     };
                     act.menu.render();
                     act.publish(None, |seq| ServerMsg::MenuItem {
@@ -301,7 +303,7 @@ impl Handler<GetTableMenu> for RestaurantActor {
         let table = self
             .menu
             .table_for(msg.table_id, &msg.table_token)
-            .ok_or(EngineError::NotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Table))?;
         Ok(TableMenuAnswer {
             body: self.menu.table_menu(table)?,
             etag: self.menu.etag(),

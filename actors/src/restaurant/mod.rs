@@ -40,7 +40,7 @@ use scan2order_schema::DbPool;
 use crate::writer::{PersistenceWriter, Write, WriteOp, WriteOutcome};
 
 pub use admin::{AdminApplied, ApplyAdminChange};
-pub use error::EngineError;
+pub use error::{EngineError, Missing};
 pub use event_ring::Audience;
 pub use fanout::{CloseAll, CloseStaffSockets, SayHello, Subscribe, Unsubscribe};
 pub use load::LoadedRestaurant;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::event_ring::Audience;
 use super::menu::Menu;
-use super::EngineError;
+use super::{EngineError, Missing};
 
 /// The stored status of an order row.
 pub(crate) fn stored_status(row: &OrderRow) -> OrderStatus {
@@ -187,7 +187,7 @@ impl OrderBook {
         let (table_id, table_label) = menu
             .table_for(request.table_id, request.table_token)
             .map(|t| (t.id, t.label.clone()))
-            .ok_or(EngineError::NotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Table))?;
         let order_note = check_note("note", request.note)?;
         let order_id = Uuid::now_v7();
         let (items, total) = price_lines(order_id, request.lines, |id| menu.items.get(&id.get()))?;
@@ -590,13 +590,13 @@ mod tests {
         assert_eq!(
             book.prepare(&f.menu, &req, at(2026, 3, 1, 12))
                 .expect_err("refused"),
-            EngineError::NotFound
+            EngineError::NotFound(Missing::Table)
         );
         req.table_id = f.other_table;
         assert_eq!(
             book.prepare(&f.menu, &req, at(2026, 3, 1, 12))
                 .expect_err("refused"),
-            EngineError::NotFound
+            EngineError::NotFound(Missing::Table)
         );
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::order_book::{stored_status, OrderRequest, StatusApplied};
 use super::reconcile::Unsettled;
-use super::{Audience, Committed, EngineError, RestaurantActor};
+use super::{Audience, Committed, EngineError, Missing, RestaurantActor};
 use crate::notifier::MessageKind;
 use crate::writer::{NewOrderBundle, SessionCheck, WriteOp, WriteOutcome};
 
@@ -277,7 +277,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
                                 to,
                             })
                         }
-                        _ => Err(EngineError::NotFound),
+                        _ => Err(EngineError::NotFound(Missing::Order)),
                     }
                 }));
             }
@@ -319,7 +319,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
                     let applied = act
                         .orders
                         .change_committed(id, to, at)
-                        .ok_or(EngineError::NotFound)?;
+                        .ok_or(EngineError::NotFound(Missing::Order))?;
                     let order = applied.order.clone();
                     metrics::counter!("s2o_status_changes_total", "status" => to.as_str())
                         .increment(1);
