@@ -59,7 +59,8 @@ enum Reading {
     Open,
     /// A close is under way: skip everything until the client's close frame.
     Draining,
-    /// The client sent its close frame or went away: read nothing more.
+    /// The client sent its close frame, went away, or sent a head that cannot be parsed: read nothing
+    /// more.
     Stopped,
 }
 
@@ -254,6 +255,15 @@ impl Conn {
                 Read::Idle if self.closing.is_none() && self.rx.close_requested().is_some() => {
                     continue
                 }
+                // The client's close answered ours while reading: the handshake is over.
+                Read::Idle
+                    if self
+                        .closing
+                        .as_ref()
+                        .is_some_and(|c| c.peer_done && c.written == c.frame_len) =>
+                {
+                    continue
+                }
                 Read::Idle => return Ok(None),
             }
         }
@@ -344,7 +354,14 @@ impl Conn {
             let head = match frame::parse_head(&buf[pos..], self.max_message as usize) {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
-                Err(e) => return (pos, self.refuse_frame(e)),
+                Err(e) => {
+                    let refused = self.refuse_frame(e);
+                    // A head that cannot be read leaves no way to find the next frame, so the
+                    // client's close could never be recognised: fail the connection (RFC 6455
+                    // §7.1.7) once our close frame is out instead of waiting for it.
+                    self.reading = Reading::Stopped;
+                    return (pos, refused);
+                }
             };
             if buf.len() - pos < head.frame_len() {
                 break;
@@ -441,6 +458,10 @@ impl Conn {
                 // The session stops on it, as over actix-ws.
                 Some(Inbound::TooBig)
             }
+            FrameError::NotUtf8 => {
+                self.rx.close(close_code::INVALID_PAYLOAD);
+                None
+            }
             FrameError::Protocol(why) => {
                 tracing::debug!(why, "socket closed for a protocol error");
                 self.rx.close(close_code::PROTOCOL_ERROR);
@@ -451,6 +472,9 @@ impl Conn {
 
     /// Begins the closing handshake with `code` (`None`: a close frame without a code).
     fn start_close(&mut self, code: Option<u16>, peer_done: bool) {
+        // Nothing more is read (the client's close came, or its frames cannot be followed): there is
+        // no answer to wait for.
+        let peer_done = peer_done || self.reading == Reading::Stopped;
         if let Some(c) = &mut self.closing {
             c.peer_done |= peer_done;
             return;

@@ -42,6 +42,8 @@ pub enum FrameError {
     Protocol(&'static str),
     /// A data frame longer than the limit: close with 1009.
     TooBig,
+    /// Text that is not UTF-8 (a close frame's reason): close with 1007.
+    NotUtf8,
 }
 
 /// Parses the head of the frame at the start of `buf`; `Ok(None)` when more bytes are needed.
@@ -135,7 +137,7 @@ pub fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
         [_] => Err(FrameError::Protocol("a close payload has a 2-byte code")),
         [a, b, reason @ ..] => {
             if std::str::from_utf8(reason).is_err() {
-                return Err(FrameError::Protocol("close reason is not UTF-8"));
+                return Err(FrameError::NotUtf8);
             }
             let code = u16::from_be_bytes([*a, *b]);
             // RFC 6455 §7.4: codes a peer may send.
@@ -263,6 +265,6 @@ mod tests {
         assert_eq!(close_code(&[0x03, 0xE8, b'o', b'k']), Ok(Some(1000)));
         assert!(close_code(&[0x03]).is_err());
         assert!(close_code(&[0x03, 0xED]).is_err(), "1005 is never sent");
-        assert!(close_code(&[0x03, 0xE8, 0xFF]).is_err());
+        assert_eq!(close_code(&[0x03, 0xE8, 0xFF]), Err(FrameError::NotUtf8));
     }
 }

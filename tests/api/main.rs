@@ -20,3 +20,4 @@ mod resume;
 mod sessions;
 mod slow_consumer;
 mod sockets;
+mod ws_conformance;

@@ -12,15 +12,15 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp, PATIENCE};
 
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CONTINUATION: u8 = 0x0;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
+pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
+pub(crate) const CONTINUATION: u8 = 0x0;
+pub(crate) const CLOSE: u8 = 0x8;
+pub(crate) const PING: u8 = 0x9;
+pub(crate) const PONG: u8 = 0xA;
 
 /// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xFA, 0x21, 0x3D];
     let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
     match payload.len() {
@@ -41,26 +41,26 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A frame from the server.
 #[derive(Debug, PartialEq)]
-struct Frame {
-    fin: bool,
-    opcode: u8,
-    payload: Vec<u8>,
+pub(crate) struct Frame {
+    pub(crate) fin: bool,
+    pub(crate) opcode: u8,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Frame {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         assert_eq!(self.opcode, TEXT, "expected a text frame, got {self:?}");
         serde_json::from_slice(&self.payload).expect("json")
     }
 
-    fn close_code(&self) -> Option<u16> {
+    pub(crate) fn close_code(&self) -> Option<u16> {
         assert_eq!(self.opcode, CLOSE, "expected a close frame, got {self:?}");
         (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 }
 
 /// A WebSocket client that writes and reads raw bytes.
-struct RawSocket {
+pub(crate) struct RawSocket {
     tcp: TcpStream,
     buf: Vec<u8>,
 }
@@ -68,7 +68,11 @@ struct RawSocket {
 impl RawSocket {
     /// Connects and sends the upgrade request for `path` with `headers`; returns the socket and the
     /// response head.
-    async fn open(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (RawSocket, String) {
+    pub(crate) async fn open(
+        app: &TestApp,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (RawSocket, String) {
         let tcp = TcpStream::connect(("127.0.0.1", app.port))
             .await
             .expect("connect");
@@ -137,12 +141,12 @@ impl RawSocket {
         self.buf.extend_from_slice(&chunk[..n]);
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.tcp.write_all(bytes).await.expect("write");
     }
 
     /// The next frame from the server (server frames are never masked).
-    async fn next(&mut self) -> Frame {
+    pub(crate) async fn next(&mut self) -> Frame {
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {
                 self.buf.drain(..used);
@@ -153,7 +157,7 @@ impl RawSocket {
     }
 
     /// The next frame that is not a ping.
-    async fn next_non_ping(&mut self) -> Frame {
+    pub(crate) async fn next_non_ping(&mut self) -> Frame {
         loop {
             let f = self.next().await;
             if f.opcode != PING {
@@ -163,13 +167,13 @@ impl RawSocket {
     }
 
     /// Skips hello and snapshot.
-    async fn hello_snapshot(&mut self) {
+    pub(crate) async fn hello_snapshot(&mut self) {
         assert_eq!(self.next_non_ping().await.json()["type"], "hello");
         assert_eq!(self.next_non_ping().await.json()["type"], "snapshot");
     }
 
     /// True when the server closes the TCP connection within `wait`.
-    async fn eof_within(&mut self, wait: Duration) -> bool {
+    pub(crate) async fn eof_within(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         let mut chunk = [0u8; 1024];
         loop {
