@@ -358,11 +358,31 @@ impl ClientMsg {
 
 /// serde names the Rust types it expected (`expected struct PlaceOrderRequest`, `expected i32`); a
 /// client is told what JSON was expected instead.
+/// What the message quotes of the client's input (`unknown variant `…``) keeps no control character:
+/// each is written as its escape (`\u{7f}`).
 pub fn without_type_names(message: &str) -> String {
+    let plain = in_json_terms(message);
+    if crate::domain::is_clean_text(&plain) {
+        return plain;
+    }
+    let mut out = String::with_capacity(plain.len() + 8);
+    for c in plain.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn in_json_terms(message: &str) -> String {
     if let Some(sentence) = instead_of_library_text(message) {
         return sentence;
     }
-    let Some(at) = message.find("expected ") else {
+    // The last one: serde's own clause comes after whatever it quotes of the client's input (which
+    // may say "expected struct …" itself).
+    let Some(at) = message.rfind("expected ") else {
         return message.to_string();
     };
     let (head, expected) = message.split_at(at + "expected ".len());
@@ -387,6 +407,40 @@ pub fn without_type_names(message: &str) -> String {
         (what, &expected[word.len()..])
     };
     format!("{head}{what}{rest}")
+}
+
+/// The serde phrase or Rust type a message would name to a client, if any: what
+/// [`without_type_names`] must leave none of (the fuzz tests and targets check every refusal with it).
+pub fn names_a_rust_type(message: &str) -> Option<&'static str> {
+    const PHRASES: &[&str] = &[
+        "expected struct",
+        "expected enum",
+        "expected tuple struct",
+        "expected unit struct",
+        "expected newtype struct",
+        "internally tagged enum",
+        "adjacently tagged enum",
+        "scan2order",
+        "serde",
+    ];
+    if let Some(p) = PHRASES.iter().find(|p| message.contains(*p)) {
+        return Some(p);
+    }
+    const PRIMITIVES: &[&str] = &[
+        "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
+        "f32", "f64",
+    ];
+    for (at, _) in message.match_indices("expected ") {
+        let rest = &message[at + "expected ".len()..];
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if let Some(p) = PRIMITIVES.iter().find(|p| **p == word) {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// A library's own parser message that serde passes on verbatim (`UUID parsing failed: invalid
@@ -416,6 +470,25 @@ fn instead_of_library_text(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_writing_expected_does_not_hide_the_type_name() {
+        let why = ClientMsg::parse(r#""expected tuple struct QQ""#).expect_err("not an object");
+        assert_eq!(
+            names_a_rust_type(&why.replace("expected tuple struct QQ", "")),
+            None,
+            "{why:?}"
+        );
+        assert!(why.contains("a JSON object with a known `type`"), "{why:?}");
+    }
+
+    #[test]
+    fn a_refusal_quotes_no_control_character_of_the_client() {
+        // JSON allows a raw DEL in a string; serde quotes the unknown variant as it came.
+        let why = ClientMsg::parse("{\"type\":\"set\u{7f}s\"}").expect_err("unknown type");
+        assert!(crate::domain::is_clean_text(&why), "{why:?}");
+        assert!(why.contains("set\\u{7f}s"), "{why:?}");
+    }
 
     #[test]
     fn library_parser_text_never_reaches_clients() {

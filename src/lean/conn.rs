@@ -34,7 +34,8 @@ use scan2order_actors::sink::{close_code, Outgoing, SinkReceiver};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::frame::{self, FrameError, Head};
+use super::decoder::{Close, Decoder, Reading};
+use super::frame;
 use super::handshake::write_all;
 
 /// Per-thread read buffer: large enough to take many frames, or a whole message, in one read.
@@ -50,36 +51,6 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
     static BATCH: RefCell<Vec<Outgoing>> = RefCell::new(Vec::with_capacity(FRAMES_PER_WRITE));
-}
-
-/// What the read side does with client frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reading {
-    /// Hand them to the session.
-    Open,
-    /// A close is under way: skip everything until the client's close frame.
-    Draining,
-    /// The client sent its close frame, went away, or sent a head that cannot be parsed: read nothing
-    /// more.
-    Stopped,
-}
-
-/// Read-side bytes that exist only while they hold something.
-#[derive(Default)]
-struct ReadBuf {
-    /// Unparsed bytes: an incomplete frame, or frames behind a message just handed over.
-    bytes: Vec<u8>,
-    /// `bytes` may hold complete frames.
-    ready: bool,
-    /// The fragmented message being reassembled, and its opcode.
-    message: Vec<u8>,
-    message_opcode: Option<u8>,
-}
-
-impl ReadBuf {
-    fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.message_opcode.is_none()
-    }
 }
 
 /// Our close frame and how far it got.
@@ -106,13 +77,12 @@ struct Conn {
     io: TcpStream,
     rx: SinkReceiver,
     live: LiveSockets,
-    max_message: u32,
     /// Bytes of the queue's front frame already written.
     front_written: u32,
-    pending: Option<Box<ReadBuf>>,
+    /// The read side: client bytes in, messages and closes out.
+    decoder: Decoder,
     /// Boxed: every idle socket carries this field, few ever use it.
     closing: Option<Box<Closing>>,
-    reading: Reading,
     done: bool,
 }
 
@@ -148,23 +118,14 @@ impl Connection {
         live: LiveSockets,
     ) -> Connection {
         live.0.fetch_add(1, Ordering::AcqRel);
-        let pending = (!early.is_empty()).then(|| {
-            Box::new(ReadBuf {
-                bytes: early,
-                ready: true,
-                ..ReadBuf::default()
-            })
-        });
         Connection {
             conn: Some(Conn {
                 io,
                 rx,
                 live,
-                max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
                 front_written: 0,
-                pending,
+                decoder: Decoder::new(max_message, early),
                 closing: None,
-                reading: Reading::Open,
                 done: false,
             }),
         }
@@ -272,11 +233,13 @@ impl Conn {
     /// Reads until a complete message, or until nothing more is there.
     fn read(&mut self, cx: &mut Context<'_>) -> io::Result<Read> {
         for _ in 0..READS_PER_POLL {
-            if self.reading == Reading::Stopped {
+            if self.decoder.reading() == Reading::Stopped {
                 return Ok(Read::Idle);
             }
-            if self.pending.as_ref().is_some_and(|p| p.ready) {
-                if let Some(m) = self.decode_pending() {
+            if self.decoder.has_ready() {
+                let message = self.decoder.decode_held();
+                self.apply_close();
+                if let Some(m) = message {
                     return Ok(Read::Message(m));
                 }
                 continue;
@@ -290,14 +253,15 @@ impl Conn {
                 let mut scratch = scratch.borrow_mut();
                 match self.io.try_read(&mut scratch) {
                     Ok(0) => Ok(None),
-                    Ok(n) => Ok(Some(self.feed(&mut scratch[..n]))),
+                    Ok(n) => Ok(Some(self.decoder.feed(&mut scratch[..n]))),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(None)),
                     Err(e) => Err(e),
                 }
             })?;
+            self.apply_close();
             match got {
                 None => {
-                    self.reading = Reading::Stopped;
+                    self.decoder.stop();
                     return Ok(Read::Gone);
                 }
                 Some(Some(m)) => return Ok(Read::Message(m)),
@@ -309,163 +273,18 @@ impl Conn {
         Ok(Read::Idle)
     }
 
-    /// Decodes freshly read bytes, behind whatever was left over.
-    fn feed(&mut self, data: &mut [u8]) -> Option<Inbound> {
-        if let Some(p) = self.pending.as_mut().filter(|p| !p.bytes.is_empty()) {
-            p.bytes.extend_from_slice(data);
-            return self.decode_pending();
+    /// Carries out what the decoder's last call asked: a refused frame closes the socket, the
+    /// client's close is answered with its code. Once nothing more is read there is no answer to wait
+    /// for.
+    fn apply_close(&mut self) {
+        match self.decoder.take_close() {
+            Some(Close::Refuse(code)) => self.rx.close(code),
+            Some(Close::Echo(code)) => self.start_close(code, true),
+            None => {}
         }
-        let (used, message) = self.decode(data);
-        if used < data.len() && self.reading != Reading::Stopped {
-            let p = self.pending.get_or_insert_with(Box::default);
-            p.bytes.extend_from_slice(&data[used..]);
-            p.ready = message.is_some();
-        }
-        message
-    }
-
-    /// Decodes the held-back bytes; keeps what is left, frees the rest.
-    fn decode_pending(&mut self) -> Option<Inbound> {
-        let p = self.pending.as_mut()?;
-        p.ready = false;
-        let mut bytes = std::mem::take(&mut p.bytes);
-        let (used, message) = self.decode(&mut bytes);
-        bytes.drain(..used);
-        if let Some(p) = &mut self.pending {
-            if !bytes.is_empty() && self.reading != Reading::Stopped {
-                if bytes.capacity() > 2 * bytes.len() + 64 {
-                    bytes.shrink_to_fit();
-                }
-                p.bytes = bytes;
-                p.ready = message.is_some();
-            }
-            if p.is_empty() {
-                self.pending = None;
-            }
-        }
-        message
-    }
-
-    /// Handles the complete frames at the start of `buf` up to the first complete message; returns the
-    /// bytes consumed and that message.
-    fn decode(&mut self, buf: &mut [u8]) -> (usize, Option<Inbound>) {
-        let mut pos = 0;
-        while self.reading != Reading::Stopped {
-            let head = match frame::parse_head(&buf[pos..], self.max_message as usize) {
-                Ok(Some(head)) => head,
-                Ok(None) => break,
-                Err(e) => {
-                    let refused = self.refuse_frame(e);
-                    // A head that cannot be read leaves no way to find the next frame, so the
-                    // client's close could never be recognised: fail the connection (RFC 6455
-                    // §7.1.7) once our close frame is out instead of waiting for it.
-                    self.reading = Reading::Stopped;
-                    return (pos, refused);
-                }
-            };
-            if buf.len() - pos < head.frame_len() {
-                break;
-            }
-            let payload = &mut buf[pos + head.head_len..pos + head.frame_len()];
-            frame::apply_mask(payload, head.mask);
-            pos += head.frame_len();
-            if let Some(m) = self.on_frame(head, payload) {
-                return (pos, Some(m));
-            }
-        }
-        (pos, None)
-    }
-
-    fn on_frame(&mut self, head: Head, payload: &[u8]) -> Option<Inbound> {
-        if self.reading == Reading::Draining {
-            if head.opcode == frame::CLOSE {
-                self.reading = Reading::Stopped;
-                if let Some(c) = &mut self.closing {
-                    c.peer_done = true;
-                }
-            }
-            return None;
-        }
-        let assembling = self
-            .pending
-            .as_ref()
-            .and_then(|p| p.message_opcode)
-            .is_some();
-        match head.opcode {
-            frame::TEXT | frame::BINARY if assembling => {
-                self.refuse_frame(FrameError::Protocol("a message interrupted another"))
-            }
-            frame::TEXT | frame::BINARY if head.fin => self.message(head.opcode, payload.to_vec()),
-            frame::TEXT | frame::BINARY => {
-                let p = self.pending.get_or_insert_with(Box::default);
-                p.message = payload.to_vec();
-                p.message_opcode = Some(head.opcode);
-                None
-            }
-            frame::CONTINUATION => {
-                let max = self.max_message as usize;
-                let Some(p) = self.pending.as_mut().filter(|p| p.message_opcode.is_some()) else {
-                    return self.refuse_frame(FrameError::Protocol("a continuation of nothing"));
-                };
-                if p.message.len() + payload.len() > max {
-                    return self.refuse_frame(FrameError::TooBig);
-                }
-                p.message.extend_from_slice(payload);
-                if !head.fin {
-                    return None;
-                }
-                let message = std::mem::take(&mut p.message);
-                let opcode = p.message_opcode.take().unwrap_or(frame::TEXT);
-                self.message(opcode, message)
-            }
-            frame::CLOSE => match frame::close_code(payload) {
-                Ok(code) => {
-                    self.reading = Reading::Stopped;
-                    // Echo the client's code, as RFC 6455 §5.5.1 suggests.
-                    self.start_close(code, true);
-                    None
-                }
-                Err(e) => self.refuse_frame(e),
-            },
-            frame::PING => Some(Inbound::Ping(payload.to_vec())),
-            _ => Some(Inbound::Pong),
-        }
-    }
-
-    fn message(&mut self, opcode: u8, payload: Vec<u8>) -> Option<Inbound> {
-        if opcode == frame::BINARY {
-            return Some(Inbound::Binary);
-        }
-        match String::from_utf8(payload) {
-            Ok(text) => Some(Inbound::Text(text)),
-            Err(_) => {
-                self.reading = Reading::Draining;
-                self.rx.close(close_code::INVALID_PAYLOAD);
-                None
-            }
-        }
-    }
-
-    fn refuse_frame(&mut self, e: FrameError) -> Option<Inbound> {
-        self.reading = Reading::Draining;
-        if let Some(p) = &mut self.pending {
-            p.message = Vec::new();
-            p.message_opcode = None;
-        }
-        match e {
-            FrameError::TooBig => {
-                self.rx.close(close_code::TOO_BIG);
-                // The session stops on it, as over actix-ws.
-                Some(Inbound::TooBig)
-            }
-            FrameError::NotUtf8 => {
-                self.rx.close(close_code::INVALID_PAYLOAD);
-                None
-            }
-            FrameError::Protocol(why) => {
-                tracing::debug!(why, "socket closed for a protocol error");
-                self.rx.close(close_code::PROTOCOL_ERROR);
-                None
+        if self.decoder.reading() == Reading::Stopped {
+            if let Some(c) = &mut self.closing {
+                c.peer_done = true;
             }
         }
     }
@@ -474,14 +293,12 @@ impl Conn {
     fn start_close(&mut self, code: Option<u16>, peer_done: bool) {
         // Nothing more is read (the client's close came, or its frames cannot be followed): there is
         // no answer to wait for.
-        let peer_done = peer_done || self.reading == Reading::Stopped;
+        let peer_done = peer_done || self.decoder.reading() == Reading::Stopped;
         if let Some(c) = &mut self.closing {
             c.peer_done |= peer_done;
             return;
         }
-        if self.reading == Reading::Open {
-            self.reading = Reading::Draining;
-        }
+        self.decoder.drain();
         let (frame, frame_len) = match code {
             Some(code) => {
                 let [hi, lo] = code.to_be_bytes();

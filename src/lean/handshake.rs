@@ -46,11 +46,11 @@ pub enum Outcome {
 }
 
 /// An HTTP error answer: the error and extra headers.
-type Refusal = (ApiError, &'static [(&'static str, &'static str)]);
+pub type Refusal = (ApiError, &'static [(&'static str, &'static str)]);
 
 /// What is kept of a checked upgrade request: the parts the decision needs.
 #[derive(Default)]
-struct Upgrade {
+pub struct Upgrade {
     /// Path and query.
     target: String,
     query_at: Option<usize>,
@@ -65,8 +65,14 @@ struct Upgrade {
 }
 
 impl Upgrade {
-    fn path(&self) -> &str {
+    /// The request's path, without its query.
+    pub fn path(&self) -> &str {
         &self.target[..self.query_at.unwrap_or(self.target.len())]
+    }
+
+    /// What the client sent right behind its request head.
+    pub fn early(&self) -> &[u8] {
+        &self.early
     }
 
     fn parts(&self) -> RequestParts<'_> {
@@ -157,7 +163,7 @@ async fn read_request(
                     so_far
                 }
             };
-            match parse(bytes, peer, ctx) {
+            match parse(bytes, |forwarded| admit(peer, forwarded, ctx)) {
                 Ok(Some(upgrade)) => Some(Ok(Some(upgrade))),
                 Ok(None) if bytes.len() >= MAX_HEAD_BYTES => Some(Err((
                     ApiError::new(
@@ -179,6 +185,19 @@ async fn read_request(
         if let Some(result) = step {
             return result;
         }
+    }
+}
+
+/// The socket-connect rate limit for `peer` (behind the trusted proxies that forwarded it).
+fn admit(
+    peer: Option<SocketAddr>,
+    forwarded: &mut dyn Iterator<Item = &str>,
+    ctx: &AppContext,
+) -> Result<(), ApiError> {
+    let Some(peer) = peer else { return Ok(()) };
+    match ctx.limits.client_ip_from(peer.ip(), forwarded) {
+        Some(ip) => ctx.limits.check(Tier::Sockets, ip),
+        None => Ok(()),
     }
 }
 
@@ -204,11 +223,12 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// Parses and checks a request head; `Ok(None)` when it is not complete yet.
-fn parse(
+/// Parses and checks a request head; `Ok(None)` when it is not complete yet. `admit` is asked first,
+/// with the `X-Forwarded-For` values, whether the client may connect at all (the socket-connect rate
+/// limit). No I/O: the fuzz target `socket_handshake` drives it with arbitrary bytes.
+pub fn parse(
     bytes: &[u8],
-    peer: Option<SocketAddr>,
-    ctx: &AppContext,
+    admit: impl FnOnce(&mut dyn Iterator<Item = &str>) -> Result<(), ApiError>,
 ) -> Result<Option<Upgrade>, Refusal> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
@@ -229,16 +249,7 @@ fn parse(
     };
     let h = &*req.headers;
     // The socket-connect limit, before anything else (as actix-web's middleware counts `/ws/`).
-    if let Some(peer) = peer {
-        if let Some(ip) = ctx
-            .limits
-            .client_ip_from(peer.ip(), headers(h, "x-forwarded-for"))
-        {
-            ctx.limits
-                .check(Tier::Sockets, ip)
-                .map_err(|e| (e, &[][..]))?;
-        }
-    }
+    admit(&mut headers(h, "x-forwarded-for")).map_err(|e| (e, &[][..]))?;
     if req.version != Some(1) {
         return Err((ApiError::invalid("WebSocket upgrades need HTTP/1.1"), &[]));
     }

@@ -38,6 +38,7 @@ use crate::context::AppContext;
 use crate::socket_admission::session_settings;
 
 pub mod conn;
+pub mod decoder;
 pub mod frame;
 pub mod handshake;
 
@@ -120,13 +121,24 @@ async fn is_socket_request(io: &TcpStream) -> bool {
     loop {
         match io.peek(&mut buf).await {
             Ok(0) | Err(_) => return false,
-            Ok(n) if n >= SOCKET_PREFIX.len() => return buf == SOCKET_PREFIX,
-            Ok(n) if buf[..n] != SOCKET_PREFIX[..n] => return false,
-            Ok(_) => {
+            Ok(n) => match starts_a_socket(&buf[..n]) {
+                Some(socket) => return socket,
                 // A prefix of it: the request line came in pieces. Rare; wait for the rest.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+                None => tokio::time::sleep(Duration::from_millis(2)).await,
+            },
         }
+    }
+}
+
+/// Whether the first bytes of a connection are a socket request; `None` while they could still be.
+pub fn starts_a_socket(first: &[u8]) -> Option<bool> {
+    let n = first.len().min(SOCKET_PREFIX.len());
+    if first[..n] != SOCKET_PREFIX[..n] {
+        Some(false)
+    } else if n == SOCKET_PREFIX.len() {
+        Some(true)
+    } else {
+        None
     }
 }
 

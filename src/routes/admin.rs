@@ -412,7 +412,7 @@ async fn shards(ctx: web::Data<AppContext>) -> ApiResult<HttpResponse> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewRestaurant {
+pub struct NewRestaurant {
     slug: String,
     name: String,
     currency: String,
@@ -488,7 +488,7 @@ async fn get_restaurant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RestaurantChanges {
+pub struct RestaurantChanges {
     name: Option<String>,
     currency: Option<String>,
     time_zone: Option<String>,
@@ -531,7 +531,7 @@ async fn update_restaurant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CategoryBody {
+pub struct CategoryBody {
     name: Option<String>,
     position: Option<i32>,
 }
@@ -630,7 +630,7 @@ async fn delete_category(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ItemBody {
+pub struct ItemBody {
     category_id: Option<Uuid>,
     name: Option<String>,
     description: Option<String>,
@@ -734,7 +734,7 @@ async fn delete_item(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TableBody {
+pub struct TableBody {
     label: Option<String>,
     active: Option<bool>,
 }
@@ -880,14 +880,14 @@ async fn qr_sheet(ctx: web::Data<AppContext>, rid: web::Path<Uuid>) -> ApiResult
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewStaff {
+pub struct NewStaff {
     username: String,
     password: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StaffChanges {
+pub struct StaffChanges {
     password: String,
 }
 

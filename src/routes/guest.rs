@@ -324,7 +324,7 @@ async fn get_order(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+pub struct PageQuery {
     limit: Option<i64>,
     before: Option<String>,
 }

@@ -1,4 +1,5 @@
-//! Parser fuzzing with proptest (cargo-fuzz needs a nightly toolchain; this runs on stable, in CI).
+//! Parser fuzzing with proptest, through the real extractors and the running server (the
+//! coverage-guided targets of the same parsers are in `fuzz/`, run by `scripts/fuzz`).
 //!
 //! Targets: the JSON body extractor (`scan2order::extract::Json`) for every guest and kitchen body type,
 //! the query extractor, socket messages (`ClientMsg::parse`), phone numbers (`Phone::parse`), the
@@ -24,8 +25,8 @@ use scan2order::routes::guest::{decode_cursor, encode_cursor, idempotency_key};
 use scan2order::routes::kitchen::RestaurantQuery;
 use scan2order_schema::domain::Phone;
 use scan2order_schema::wire::{
-    ClientMsg, LoginRequest, OtpSendRequest, OtpVerifyRequest, PlaceOrderRequest,
-    SetAcceptingRequest, SetAvailableRequest, SetStatusRequest,
+    names_a_rust_type, ClientMsg, LoginRequest, OtpSendRequest, OtpVerifyRequest,
+    PlaceOrderRequest, SetAcceptingRequest, SetAvailableRequest, SetStatusRequest,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -64,39 +65,6 @@ fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("runtime")
     })
-}
-
-/// serde phrases that would name a Rust type to a client.
-fn names_a_rust_type(message: &str) -> Option<&'static str> {
-    const PHRASES: &[&str] = &[
-        "expected struct",
-        "expected enum",
-        "expected tuple struct",
-        "expected unit struct",
-        "expected newtype struct",
-        "internally tagged enum",
-        "adjacently tagged enum",
-        "scan2order",
-        "serde",
-    ];
-    if let Some(p) = PHRASES.iter().find(|p| message.contains(*p)) {
-        return Some(p);
-    }
-    const PRIMITIVES: &[&str] = &[
-        "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
-        "f32", "f64",
-    ];
-    for (at, _) in message.match_indices("expected ") {
-        let rest = &message[at + "expected ".len()..];
-        let word: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
-        if let Some(p) = PRIMITIVES.iter().find(|p| **p == word) {
-            return Some(p);
-        }
-    }
-    None
 }
 
 /// `field: …` with the field a path into the value (`items[0].quantity`), `body` or `query`.

@@ -212,14 +212,14 @@ fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
 }
 
 /// A set_status on a table socket: always answered, with an error naming the request.
-fn forbidden_request(request_id: &str) -> Vec<u8> {
+pub(crate) fn forbidden_request(request_id: &str) -> Vec<u8> {
     json!({"type": "set_status", "request_id": request_id,
            "order_id": uuid::Uuid::new_v4(), "status": "ready"})
     .to_string()
     .into_bytes()
 }
 
-async fn expect_forbidden(socket: &mut RawSocket, request_id: &str) {
+pub(crate) async fn expect_forbidden(socket: &mut RawSocket, request_id: &str) {
     let answer = socket.next_non_ping().await.json();
     assert_eq!(answer["type"], "error", "{answer}");
     assert_eq!(answer["request_id"], request_id, "{answer}");

@@ -4,7 +4,9 @@
 //! same payload, or a close frame with the code the RFC asks for, and the socket ending.
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-use crate::sockets::{frame, RawSocket, CLOSE, CONTINUATION, PING, PONG, TEXT};
+use crate::sockets::{
+    expect_forbidden, forbidden_request, frame, RawSocket, CLOSE, CONTINUATION, PING, PONG, TEXT,
+};
 
 /// A table socket past its hello and snapshot.
 async fn table_socket(app: &TestApp, token: &str) -> RawSocket {
@@ -37,20 +39,6 @@ fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A set_status on a table socket: answered with `forbidden` naming the request id.
-fn request(request_id: &str) -> Vec<u8> {
-    serde_json::json!({"type": "set_status", "request_id": request_id,
-                       "order_id": uuid::Uuid::new_v4(), "status": "ready"})
-    .to_string()
-    .into_bytes()
-}
-
-async fn expect_answer(socket: &mut RawSocket, request_id: &str) {
-    let answer = socket.next_non_ping().await.json();
-    assert_eq!(answer["type"], "error", "{answer}");
-    assert_eq!(answer["request_id"], request_id, "{answer}");
-}
-
 #[actix_web::test]
 async fn pings_are_answered_with_pongs_carrying_the_same_payload_and_pongs_need_no_answer() {
     let app = spawn_app().await;
@@ -67,9 +55,9 @@ async fn pings_are_answered_with_pongs_carrying_the_same_payload_and_pongs_need_
     // An unsolicited pong is allowed and changes nothing.
     socket.send(&frame(true, PONG, b"unsolicited")).await;
     socket
-        .send(&frame(true, TEXT, &request("after-pong")))
+        .send(&frame(true, TEXT, &forbidden_request("after-pong")))
         .await;
-    expect_answer(&mut socket, "after-pong").await;
+    expect_forbidden(&mut socket, "after-pong").await;
     // A ping of 126 bytes is not a control frame any more.
     expect_close(
         &app,
@@ -86,7 +74,7 @@ async fn reserved_bits_reserved_opcodes_and_unmasked_frames_fail_the_connection_
     let app = spawn_app().await;
     let r = app.restaurant("roma", 1, 1).await;
     let token = &r.tables[0].token;
-    let body = request("x");
+    let body = forbidden_request("x");
     let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
     for rsv in [0x40u8, 0x20, 0x10, 0x70] {
         cases.push((
@@ -120,7 +108,7 @@ async fn fragmentation_rules_hold_and_fragmented_messages_are_reassembled() {
     let token = &r.tables[0].token;
     // A message in three fragments with a ping between them: the pong comes first, then the answer.
     let mut socket = table_socket(&app, token).await;
-    let body = request("in-pieces");
+    let body = forbidden_request("in-pieces");
     let (a, rest) = body.split_at(10);
     let (b, c) = rest.split_at(10);
     socket.send(&frame(false, TEXT, a)).await;
@@ -132,13 +120,13 @@ async fn fragmentation_rules_hold_and_fragmented_messages_are_reassembled() {
         (pong.opcode, pong.payload.as_slice()),
         (PONG, &b"between"[..])
     );
-    expect_answer(&mut socket, "in-pieces").await;
+    expect_forbidden(&mut socket, "in-pieces").await;
     // Empty fragments are fragments.
-    let body = request("with-empty-parts");
+    let body = forbidden_request("with-empty-parts");
     socket.send(&frame(false, TEXT, b"")).await;
     socket.send(&frame(false, CONTINUATION, &body)).await;
     socket.send(&frame(true, CONTINUATION, b"")).await;
-    expect_answer(&mut socket, "with-empty-parts").await;
+    expect_forbidden(&mut socket, "with-empty-parts").await;
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
@@ -175,11 +163,11 @@ async fn text_that_is_not_utf8_closes_with_1007_whole_or_across_fragments() {
     let token = &r.tables[0].token;
     // A valid character split between two fragments is fine.
     let mut socket = table_socket(&app, token).await;
-    let body = request("café");
+    let body = forbidden_request("café");
     let at = body.windows(2).position(|w| w == [0xC3, 0xA9]).expect("é") + 1;
     socket.send(&frame(false, TEXT, &body[..at])).await;
     socket.send(&frame(true, CONTINUATION, &body[at..])).await;
-    expect_answer(&mut socket, "café").await;
+    expect_forbidden(&mut socket, "café").await;
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
