@@ -343,6 +343,14 @@ impl ClientMsg {
     /// Rust type names serde would print (`expected internally tagged enum ClientMsg`).
     /// Its strings must be clean text (no NUL, ESC…), as in every REST body.
     pub fn parse(text: &str) -> Result<ClientMsg, String> {
+        // serde would also take the sequence form of a tagged enum (`["resume","e",5]`); the protocol's
+        // messages are objects, and the refusal should say so rather than count elements.
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err("expected a JSON object with a known `type`".to_string());
+        }
         let msg: ClientMsg =
             serde_json::from_str(text).map_err(|e| without_type_names(&e.to_string()))?;
         let (field, value) = match &msg {
@@ -390,7 +398,25 @@ fn in_json_terms(message: &str) -> String {
         s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(s.len())
     };
-    let (what, rest) = if let Some(name) = expected.strip_prefix("struct ") {
+    let variant = expected
+        .strip_prefix("struct variant ")
+        .or_else(|| expected.strip_prefix("tuple variant "));
+    let (what, rest) = if let Some(name) = variant {
+        // `Enum::Variant with 2 elements`: the count is of a Rust tuple, not of anything the client wrote.
+        let name_end = name
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(name.len());
+        let rest = &name[name_end..];
+        let rest = match rest.strip_prefix(" with ") {
+            Some(count) => count.trim_start_matches(|c: char| c.is_ascii_digit()),
+            None => rest,
+        };
+        let rest = rest
+            .strip_prefix(" elements")
+            .or_else(|| rest.strip_prefix(" element"))
+            .unwrap_or(rest);
+        ("a JSON object", rest)
+    } else if let Some(name) = expected.strip_prefix("struct ") {
         ("a JSON object", &name[word_end(name)..])
     } else if let Some(name) = expected.strip_prefix("internally tagged enum ") {
         ("a JSON object with a known `type`", &name[word_end(name)..])
@@ -480,6 +506,37 @@ mod tests {
             "{why:?}"
         );
         assert!(why.contains("a JSON object with a known `type`"), "{why:?}");
+    }
+
+    #[test]
+    fn a_message_that_is_not_an_object_is_refused_as_such() {
+        for text in [
+            r#"["resume","epoch"]"#,
+            "[\"resume\",\"e\",5]\r",
+            "\"resume\"",
+            " 7",
+            "",
+        ] {
+            let why = ClientMsg::parse(text).expect_err("not an object");
+            assert_eq!(
+                why, "expected a JSON object with a known `type`",
+                "{text:?}"
+            );
+        }
+        assert!(ClientMsg::parse(" \r\n{\"type\":\"resume\",\"epoch\":\"e\",\"since\":5}").is_ok());
+    }
+
+    #[test]
+    fn a_sequence_for_a_struct_variant_names_no_rust_type() {
+        let why = in_json_terms(
+            "invalid length 1, expected struct variant ClientMsg::Resume with 2 elements",
+        );
+        assert_eq!(why, "invalid length 1, expected a JSON object");
+        assert_eq!(names_a_rust_type(&why), None);
+        assert_eq!(
+            in_json_terms("invalid type: string, expected tuple variant A::B at line 1"),
+            "invalid type: string, expected a JSON object at line 1"
+        );
     }
 
     #[test]

@@ -159,6 +159,12 @@ impl Decoder {
             let head = match frame::parse_head(&buf[pos..], self.max_message as usize) {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
+                Err(_) if self.reading == Reading::Draining => {
+                    // Our close is decided already (and its code with it): a head that cannot be
+                    // read only ends the reading; it is no second failure to report.
+                    self.reading = Reading::Stopped;
+                    return (pos, None);
+                }
                 Err(e) => {
                     let refused = self.refuse_frame(e);
                     // A head that cannot be read leaves no way to find the next frame, so the
@@ -342,6 +348,27 @@ mod tests {
         let (out, closes) = decode_in_pieces(&bytes, bytes.len());
         assert!(out.is_empty());
         assert_eq!(closes, vec![Close::Refuse(close_code::PROTOCOL_ERROR)]);
+    }
+
+    /// Found by the `socket_frames` fuzz target: bad UTF-8, then a head that cannot be parsed. The
+    /// first failure is the one reported (1007), once, however the bytes are cut; the head behind it
+    /// only ends the reading.
+    #[test]
+    fn the_first_failure_is_the_one_reported_in_any_pieces() {
+        let mut bytes = client_frame(true, frame::TEXT, &[0xC3, 0x28, b'x']);
+        bytes.extend([0x2B, 0x80, 0, 0, 0, 0]);
+        let whole = decode_in_pieces(&bytes, bytes.len());
+        assert_eq!(
+            whole,
+            (vec![], vec![Close::Refuse(close_code::INVALID_PAYLOAD)])
+        );
+        for piece in 1..bytes.len() {
+            assert_eq!(
+                decode_in_pieces(&bytes, piece),
+                whole,
+                "in pieces of {piece}"
+            );
+        }
     }
 
     #[test]
