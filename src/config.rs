@@ -46,6 +46,7 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     pub demo: DemoSettings,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -215,6 +216,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[cluster]` of PROTOCOL.md: a fleet of nodes on one Postgres and one NATS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `false`: one node (it still takes each restaurant's lease, and takes it at once from an earlier
+    /// run, whose writes are fenced off from then on).
+    pub enabled: bool,
+    pub nats_url: String,
+    /// Unique in the fleet; empty: generated at start.
+    pub node_id: String,
+    /// How long a restaurant's lease lasts without renewal.
+    pub lease_ttl_ms: u64,
+    /// Prefix of every NATS subject, so two fleets can share one NATS.
+    pub subject_prefix: String,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -271,6 +288,24 @@ impl Settings {
         anyhow::ensure!(
             self.sockets.outbound_queue > 0,
             "sockets.outbound_queue must be at least 1"
+        );
+        anyhow::ensure!(
+            self.cluster.lease_ttl_ms >= 300,
+            "cluster.lease_ttl_ms must be at least 300 (it is renewed every third of it)"
+        );
+        anyhow::ensure!(
+            self.cluster.node_id.len() <= 64
+                && self
+                    .cluster
+                    .node_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'),
+            "cluster.node_id must be at most 64 letters, digits, '-', '_' or '.'"
+        );
+        anyhow::ensure!(
+            !self.cluster.enabled,
+            "cluster.enabled = true: this build runs restaurants under leases with fencing, but does not \
+             yet forward calls between nodes over NATS; run one node per database (enabled = false)"
         );
         if self.whatsapp.mode == WhatsAppMode::Cloud {
             anyhow::ensure!(
@@ -356,6 +391,25 @@ impl Settings {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.database.write_timeout_ms)
+    }
+
+    /// This node's id and leases.
+    pub fn node(&self) -> scan2order_actors::ownership::NodeConfig {
+        use scan2order_actors::ownership::{generated_node_id, NodeConfig};
+        use scan2order_schema::leases::Takeover;
+        NodeConfig {
+            node_id: if self.cluster.node_id.is_empty() {
+                generated_node_id()
+            } else {
+                self.cluster.node_id.clone()
+            },
+            lease_ttl: Duration::from_millis(self.cluster.lease_ttl_ms),
+            takeover: if self.cluster.enabled {
+                Takeover::WhenExpired
+            } else {
+                Takeover::Always
+            },
+        }
     }
 }
 

@@ -75,6 +75,7 @@ impl Application {
                     recent_keys: settings.engine.recent_keys,
                     passivate_after: Duration::from_secs(settings.engine.passivate_after_s),
                 },
+                node: settings.node(),
             },
             outbox_wake.clone(),
         );

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use scan2order_schema::leases::{self, Fence};
 use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable};
 use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, restaurants};
 use scan2order_schema::tokens::new_table_token;
@@ -96,6 +97,10 @@ pub enum AdminError {
     Invalid(String),
     #[error("the database is unavailable")]
     Unavailable,
+    /// Nothing was written: this node's lease of the restaurant was taken over (see
+    /// `scan2order_schema::leases`). Answered as `unavailable`; the restaurant stops here.
+    #[error("this node no longer owns the restaurant")]
+    Fenced,
 }
 
 impl From<diesel::result::Error> for AdminError {
@@ -177,14 +182,25 @@ async fn table_of(
         .ok_or(AdminError::NotFound)
 }
 
-/// Applies one change in one transaction.
+/// Applies one change in one transaction, under the restaurant's lease fence: a node whose lease was
+/// taken over commits nothing (the new owner read the restaurant before this change and would not
+/// see it).
 pub async fn apply(
     conn: &mut DbConn,
-    restaurant: Uuid,
+    fence: Fence,
     change: AdminChange,
 ) -> Result<AdminOutcome, AdminError> {
-    conn.transaction(async |c| apply_in(c, restaurant, change).await)
-        .await
+    conn.transaction(async |c| {
+        let mut shared: &DbConn = c;
+        if !leases::fences_out_of_force(&mut shared, &[fence])
+            .await?
+            .is_empty()
+        {
+            return Err(AdminError::Fenced);
+        }
+        apply_in(c, fence.restaurant_id, change).await
+    })
+    .await
 }
 
 async fn apply_in(

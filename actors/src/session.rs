@@ -232,10 +232,19 @@ impl SocketSession {
     }
 }
 
+/// Socket sessions running in this process (what the node reports to its fleet).
+static OPEN_SOCKETS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// How many socket sessions this process runs now.
+pub fn open_sockets() -> i64 {
+    OPEN_SOCKETS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Actor for SocketSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        OPEN_SOCKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!("s2o_sockets", "kind" => self.kind()).increment(1.0);
         metrics::counter!("s2o_socket_connects_total", "kind" => self.kind()).increment(1);
         if self.resume.is_some() {
@@ -266,6 +275,7 @@ impl Actor for SocketSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        OPEN_SOCKETS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!("s2o_sockets", "kind" => self.kind()).decrement(1.0);
         metrics::counter!("s2o_socket_disconnects_total", "kind" => self.kind()).increment(1);
         if let Some(id) = self.subscription.take() {

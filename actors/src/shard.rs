@@ -7,21 +7,28 @@
 //!
 //! Handlers reach restaurants only through [`ShardSupervisor::restaurant`] and
 //! [`ShardSupervisor::resolve_table`], the seam where a remote (cluster) address can slot in later.
+//!
+//! A restaurant is activated only under its lease ([`crate::ownership`]): the lease is taken before the
+//! restaurant is read, so the actor starts from everything the previous owner committed, and its
+//! writes carry the lease's fence.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
 use scan2order_schema::domain::{RestaurantId, TableId};
+use scan2order_schema::leases::{self, Fence, Lease, NodeRow};
 use scan2order_schema::models::RestaurantTable;
 use scan2order_schema::DbPool;
 use tokio::sync::{Notify, OnceCell};
 
+use crate::ownership::{NodeConfig, Started};
 use crate::restaurant::{
-    CloseAll, EngineError, GetStats, LoadedRestaurant, Missing, PassivateHook, RestaurantActor,
-    RestaurantConfig, RestaurantStats,
+    CloseAll, EngineError, GetStats, LeaseLost, LoadedRestaurant, Missing, PassivateHook,
+    PassivateReason, RestaurantActor, RestaurantConfig, RestaurantStats,
 };
 use crate::sink::close_code;
 use crate::writer::{Drain, PersistenceWriter, WriterStats};
@@ -48,6 +55,8 @@ pub struct EngineConfig {
     /// How long a write transaction may take before callers are told the database is unavailable.
     pub write_timeout: Duration,
     pub restaurant: RestaurantConfig,
+    /// This node's id and leases.
+    pub node: NodeConfig,
 }
 
 struct Shard {
@@ -123,9 +132,18 @@ struct Inner {
     tables: DashMap<String, TableRef>,
     pool: DbPool,
     config: EngineConfig,
+    /// The lease fence of each restaurant this node runs, and when it was taken (the keeper judges
+    /// only leases taken before its renewal).
+    fences: DashMap<RestaurantId, (Fence, Instant)>,
+    started: Started,
     activations: AtomicU64,
     restarts: AtomicU64,
     passivations: AtomicU64,
+    /// Restaurants stopped because another node took their lease.
+    leases_lost: AtomicU64,
+    /// Activations that took a lease another node had held (a takeover after expiry, or at once on a
+    /// single node).
+    takeovers: AtomicU64,
     /// Shutdown has begun: no new writes are taken (see [`ShardSupervisor::begin_drain`]).
     draining: AtomicBool,
     mark: std::sync::Mutex<Option<StatsMark>>,
@@ -185,20 +203,73 @@ impl ShardSupervisor {
                 }
             })
             .collect();
-        ShardSupervisor {
-            inner: Arc::new(Inner {
-                shards,
-                registry: DashMap::new(),
-                tables: DashMap::new(),
-                pool,
-                config,
-                activations: AtomicU64::new(0),
-                restarts: AtomicU64::new(0),
-                passivations: AtomicU64::new(0),
-                draining: AtomicBool::new(false),
-                mark: std::sync::Mutex::new(None),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            shards,
+            registry: DashMap::new(),
+            tables: DashMap::new(),
+            pool,
+            config,
+            fences: DashMap::new(),
+            started: Started::now(),
+            activations: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            passivations: AtomicU64::new(0),
+            leases_lost: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            mark: std::sync::Mutex::new(None),
+        });
+        actix::spawn(keep_leases(Arc::downgrade(&inner)));
+        ShardSupervisor { inner }
+    }
+
+    /// This node's id in the fleet.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node.node_id
+    }
+
+    /// When this node started.
+    pub fn started_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.started.at
+    }
+
+    /// Restaurants this node stopped because another node took their lease.
+    pub fn leases_lost(&self) -> u64 {
+        self.inner.leases_lost.load(Ordering::Relaxed)
+    }
+
+    /// Activations that took over a lease another node had held.
+    pub fn takeovers(&self) -> u64 {
+        self.inner.takeovers.load(Ordering::Relaxed)
+    }
+
+    /// Who owns the restaurant, activating it here first if nobody does.
+    pub async fn owner(&self, id: RestaurantId) -> Result<Lease, EngineError> {
+        self.restaurant(id).await?;
+        let mut conn = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
+        leases::lease_of(&mut conn, id.get())
+            .await
+            .map_err(|_| EngineError::Unavailable)?
+            .ok_or(EngineError::NotFound(Missing::Restaurant))
+    }
+
+    /// The fleet's live nodes as Postgres knows them (this one included once it has reported).
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, EngineError> {
+        let mut conn = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
+        let within = self.inner.config.node.lease_ttl;
+        leases::live_nodes(&mut conn, within)
+            .await
+            .map_err(|_| EngineError::Unavailable)
     }
 
     /// The shard a restaurant lives on: stable across restarts for the same K.
@@ -288,14 +359,66 @@ impl ShardSupervisor {
         result
     }
 
+    /// Takes the restaurant's lease for this node: its fence, or why not.
+    async fn take_lease(&self, id: RestaurantId) -> Result<Fence, EngineError> {
+        let node = &self.inner.config.node;
+        let mut conn = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
+        let db = |_| EngineError::Unavailable;
+        let before = leases::lease_of(&mut conn, id.get()).await.map_err(db)?;
+        match leases::acquire(
+            &mut conn,
+            id.get(),
+            &node.node_id,
+            node.lease_ttl,
+            node.takeover,
+        )
+        .await
+        .map_err(db)?
+        {
+            Some(lease) => {
+                if before.is_some_and(|b| b.node_id != node.node_id) {
+                    self.inner.takeovers.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("s2o_lease_takeovers_total").increment(1);
+                    tracing::info!(restaurant_id = %id, fence = lease.fence, "took over the restaurant's lease");
+                }
+                Ok(Fence {
+                    restaurant_id: lease.restaurant_id,
+                    fence: lease.fence,
+                })
+            }
+            // Another node owns it and its lease runs.
+            None if leases::lease_of(&mut conn, id.get())
+                .await
+                .map_err(db)?
+                .is_some() =>
+            {
+                Err(EngineError::Unavailable)
+            }
+            None => Err(EngineError::NotFound(Missing::Restaurant)),
+        }
+    }
+
     async fn activate(
         &self,
         id: RestaurantId,
         cell: Arc<OnceCell<Addr<RestaurantActor>>>,
     ) -> Result<Addr<RestaurantActor>, EngineError> {
-        let loaded = LoadedRestaurant::load(&self.inner.pool, id)
-            .await?
-            .ok_or(EngineError::NotFound(Missing::Restaurant))?;
+        // The lease first: what is read next includes everything the previous owner committed.
+        let fence = self.take_lease(id).await?;
+        let loaded = match LoadedRestaurant::load(&self.inner.pool, id).await {
+            Ok(Some(loaded)) => loaded,
+            failed => {
+                self.let_go(vec![fence]);
+                return Err(failed
+                    .err()
+                    .unwrap_or(EngineError::NotFound(Missing::Restaurant)));
+            }
+        };
         for t in loaded.tables.iter().filter(|t| t.active) {
             self.inner.tables.insert(
                 t.token.clone(),
@@ -310,26 +433,53 @@ impl ShardSupervisor {
         let pool = self.inner.pool.clone();
         let config = self.inner.config.restaurant.clone();
         let weak = Arc::downgrade(&self.inner);
-        let on_passivate: PassivateHook = Box::new(move |tokens: Vec<String>| {
-            let Some(inner) = weak.upgrade() else {
-                return;
-            };
-            if inner
-                .registry
-                .remove_if(&id, |_, c| Arc::ptr_eq(c, &cell))
-                .is_some()
-            {
-                inner.passivations.fetch_add(1, Ordering::Relaxed);
-            }
-            for t in tokens {
-                inner.tables.remove_if(&t, |_, r| r.restaurant_id == id);
-            }
-        });
+        let on_passivate: PassivateHook =
+            Box::new(move |why: PassivateReason, tokens: Vec<String>| {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if inner
+                    .registry
+                    .remove_if(&id, |_, c| Arc::ptr_eq(c, &cell))
+                    .is_some()
+                {
+                    match why {
+                        PassivateReason::Idle => inner.passivations.fetch_add(1, Ordering::Relaxed),
+                        PassivateReason::LeaseLost => {
+                            metrics::counter!("s2o_leases_lost_total").increment(1);
+                            inner.leases_lost.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                inner.fences.remove_if(&id, |_, (f, _)| *f == fence);
+                for t in tokens {
+                    inner.tables.remove_if(&t, |_, r| r.restaurant_id == id);
+                }
+                if why == PassivateReason::Idle {
+                    ShardSupervisor { inner }.let_go(vec![fence]);
+                }
+            });
+        self.inner.fences.insert(id, (fence, Instant::now()));
         let addr = RestaurantActor::start_in_arbiter(&shard.arbiter.handle(), move |_| {
-            RestaurantActor::new(loaded, writer, pool, config).with_passivate_hook(on_passivate)
+            RestaurantActor::new(loaded, fence, writer, pool, config)
+                .with_passivate_hook(on_passivate)
         });
         self.inner.activations.fetch_add(1, Ordering::Relaxed);
         Ok(addr)
+    }
+
+    /// Releases leases in the background (a passivated restaurant, a failed activation), so another
+    /// node can start the restaurant at once.
+    fn let_go(&self, held: Vec<Fence>) {
+        let pool = self.inner.pool.clone();
+        let node_id = self.inner.config.node.node_id.clone();
+        actix::spawn(async move {
+            if let Ok(mut conn) = pool.get().await {
+                if let Err(e) = leases::release(&mut conn, &node_id, &held).await {
+                    tracing::warn!(error = %e, "could not release leases; they expire on their own");
+                }
+            }
+        });
     }
 
     /// The restaurant and table a QR token opens. Unknown, rotated and inactive tokens are `NotFound`.
@@ -502,11 +652,23 @@ impl ShardSupervisor {
         }
     }
 
-    /// Shutdown: waits for every queued write to commit, then closes every socket with 1001 and stops the
+    /// Shutdown: waits for every queued write to commit, releases the node's leases (the next owner
+    /// starts at once instead of after expiry), then closes every socket with 1001 and stops the
     /// shard arbiters.
     pub async fn shutdown(&self) {
         for shard in &self.inner.shards {
             let _ = shard.writer.send(Drain).await;
+        }
+        let held: Vec<Fence> = self.inner.fences.iter().map(|e| e.value().0).collect();
+        if let Ok(mut conn) = self.inner.pool.get().await {
+            let node_id = &self.inner.config.node.node_id;
+            match leases::release(&mut conn, node_id, &held).await {
+                Ok(n) => tracing::info!(leases = n, "released the node's leases"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release leases; they expire on their own")
+                }
+            }
+            let _ = leases::forget_node(&mut conn, node_id).await;
         }
         for addr in self.active() {
             let _ = addr
@@ -521,4 +683,49 @@ impl ShardSupervisor {
         self.inner.registry.clear();
         self.inner.tables.clear();
     }
+}
+
+/// Renews the node's leases every `lease_ttl / 3`, reports the node's heartbeat, and stops the
+/// restaurants whose lease another node holds now. Ends with the engine.
+async fn keep_leases(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let every = strong.config.node.renew_every();
+        if let Err(e) = renew_once(&strong).await {
+            tracing::warn!(error = %e, "could not renew the node's leases");
+        }
+        drop(strong);
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn renew_once(inner: &Inner) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let node = &inner.config.node;
+    let mut conn = inner.pool.get().await?;
+    let round = Instant::now();
+    let held: HashSet<Fence> = leases::renew(&mut conn, &node.node_id, node.lease_ttl)
+        .await?
+        .into_iter()
+        .collect();
+    let lost: Vec<(RestaurantId, Fence)> = inner
+        .fences
+        .iter()
+        .filter(|e| e.value().1 < round && !held.contains(&e.value().0))
+        .map(|e| (*e.key(), e.value().0))
+        .collect();
+    for (id, fence) in lost {
+        let addr = inner.registry.get(&id).and_then(|c| c.get().cloned());
+        match addr.filter(|a| a.connected()) {
+            Some(addr) => addr.do_send(LeaseLost),
+            None => {
+                inner.fences.remove_if(&id, |_, (f, _)| *f == fence);
+            }
+        }
+    }
+    let owned = i32::try_from(held.len()).unwrap_or(i32::MAX);
+    let sockets = i32::try_from(crate::session::open_sockets()).unwrap_or(i32::MAX);
+    leases::heartbeat(&mut conn, &node.node_id, inner.started.at, owned, sockets).await?;
+    Ok(())
 }

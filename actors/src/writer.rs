@@ -6,6 +6,11 @@
 //! Idle, the first write goes at once (no timer), so low load pays no batching delay and high load gets
 //! big batches. A failing batch is retried op by op, so one bad op cannot fail its neighbours. Callers are
 //! answered only after the commit, which is what lets restaurants keep "durable before visible".
+//!
+//! Every op is written under its restaurant's lease fence, checked inside the transaction that writes
+//! it (`leases::fences_out_of_force`, pipelined with the batch's first statements): an op whose
+//! restaurant was taken over by another node is answered [`WriteError::Fenced`] and never committed,
+//! and the rest of its batch is written without it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scan2order_schema::domain::OrderStatus;
+use scan2order_schema::leases::{self, Fence};
 use scan2order_schema::models::{NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, StoredOrder};
 use scan2order_schema::schema::{
     menu_items, notification_outbox, order_items, order_status_history, orders, restaurants,
@@ -110,6 +116,10 @@ pub enum WriteError {
     /// batch's timeout and then its own.)
     #[error("not written: the database did not take writes in time")]
     Expired,
+    /// Not written: the restaurant's lease is no longer held under the op's fence (another node took
+    /// it over, or the restaurant is gone). The restaurant must stop here.
+    #[error("not written: this node no longer owns the restaurant")]
+    Fenced,
 }
 
 impl WriteError {
@@ -119,10 +129,14 @@ impl WriteError {
     }
 }
 
-/// Sent by restaurant actors: one op, answered after its transaction commits.
+/// Sent by restaurant actors: one op and the lease fence it is written under, answered after its
+/// transaction commits.
 #[derive(Message)]
 #[rtype(result = "Result<WriteOutcome, WriteError>")]
-pub struct Write(pub WriteOp);
+pub struct Write {
+    pub op: WriteOp,
+    pub fence: Fence,
+}
 
 /// Counters an operator (and the tests) can read.
 #[derive(Debug, Default)]
@@ -137,9 +151,9 @@ pub struct WriterStats {
     pub expired: AtomicU64,
 }
 
-/// An op, who waits for it, and when it was queued (its write timeout runs from then).
+/// An op with its fence, who waits for it, and when it was queued (its write timeout runs from then).
 type Pending = (
-    WriteOp,
+    (WriteOp, Fence),
     oneshot::Sender<Result<WriteOutcome, WriteError>>,
     Instant,
 );
@@ -212,9 +226,9 @@ impl PersistenceWriter {
         let fut = async move {
             let started = Instant::now();
             let n = batch.len() as u64;
-            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+            let (ops, replies): (Vec<(WriteOp, Fence)>, Vec<_>) =
                 batch.into_iter().map(|(op, reply, _)| (op, reply)).unzip();
-            let writes_outbox = ops.iter().any(WriteOp::has_outbox);
+            let writes_outbox = ops.iter().any(|(op, _)| op.has_outbox());
             let results = commit_with_fallback(&pool, batch_timeout, ops, &stats).await;
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.ops.fetch_add(n, Ordering::Relaxed);
@@ -254,7 +268,7 @@ impl Handler<Write> for PersistenceWriter {
 
     fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.queue.push((msg.0, tx, Instant::now()));
+        self.queue.push(((msg.op, msg.fence), tx, Instant::now()));
         if !self.in_flight {
             self.flush(ctx);
         }
@@ -310,58 +324,113 @@ impl WriteOp {
 async fn commit_with_fallback(
     pool: &DbPool,
     timeout: Duration,
-    ops: Vec<WriteOp>,
+    ops: Vec<(WriteOp, Fence)>,
     stats: &WriterStats,
 ) -> Vec<Result<WriteOutcome, WriteError>> {
-    match commit_batch(pool, timeout, &ops).await {
-        Ok(results) => results.into_iter().map(Ok).collect(),
-        Err(err) if ops.len() == 1 => vec![Err(err)],
+    let err = match commit_batch(pool, timeout, &ops).await {
+        Ok(results) => return results.into_iter().map(Ok).collect(),
+        Err(BatchError::Fenced(out)) => {
+            // Rolled back: the fenced ops are answered, the others written again without them.
+            let fenced: Vec<bool> = ops.iter().map(|(_, f)| out.contains(f)).collect();
+            tracing::warn!(
+                ops = fenced.iter().filter(|f| **f).count(),
+                "writes refused: their restaurant's lease was taken over"
+            );
+            let rest: Vec<(WriteOp, Fence)> = ops
+                .into_iter()
+                .zip(&fenced)
+                .filter(|(_, f)| !**f)
+                .map(|(op, _)| op)
+                .collect();
+            let mut rest = if rest.is_empty() {
+                Vec::new()
+            } else {
+                Box::pin(commit_with_fallback(pool, timeout, rest, stats)).await
+            }
+            .into_iter();
+            return fenced
+                .into_iter()
+                .map(|f| {
+                    if f {
+                        Err(WriteError::Fenced)
+                    } else {
+                        rest.next().unwrap_or(Err(WriteError::Expired))
+                    }
+                })
+                .collect();
+        }
+        Err(BatchError::Write(err)) => err,
+    };
+    match err {
+        err if ops.len() == 1 => vec![Err(err)],
         // The batch may have committed (the database went away or did not answer in time): replaying
         // its ops one by one could apply them twice (a status change's history row). Every op gets the
         // unknown outcome; the restaurants settle them by reading back.
-        Err(err) if err.outcome_unknown() => {
+        err if err.outcome_unknown() => {
             stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(ops = ops.len(), error = %err, "batch of unknown outcome");
             ops.iter()
                 .map(|_| Err(WriteError::Unavailable(err.to_string())))
                 .collect()
         }
-        Err(err) => {
+        err => {
             stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(ops = ops.len(), error = %err, "batch failed; retrying op by op");
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 let one = std::slice::from_ref(&op);
-                out.push(
-                    commit_batch(pool, timeout, one)
-                        .await
-                        .map(|mut r| r.remove(0)),
-                );
+                out.push(match commit_batch(pool, timeout, one).await {
+                    Ok(mut r) => Ok(r.remove(0)),
+                    Err(BatchError::Fenced(_)) => Err(WriteError::Fenced),
+                    Err(BatchError::Write(e)) => Err(e),
+                });
             }
             out
         }
     }
 }
 
+/// Why a batch's transaction did not commit.
+enum BatchError {
+    Write(WriteError),
+    /// Rolled back because these fences are no longer in force.
+    Fenced(Vec<Fence>),
+}
+
+/// What can end [`write_all`]'s transaction early.
+enum TxError {
+    Db(diesel::result::Error),
+    Fenced(Vec<Fence>),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        TxError::Db(e)
+    }
+}
+
 async fn commit_batch(
     pool: &DbPool,
     timeout: Duration,
-    ops: &[WriteOp],
-) -> Result<Vec<WriteOutcome>, WriteError> {
+    ops: &[(WriteOp, Fence)],
+) -> Result<Vec<WriteOutcome>, BatchError> {
     let work = async {
         let mut conn = pool
             .get()
             .await
-            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+            .map_err(|e| BatchError::Write(WriteError::Unavailable(e.to_string())))?;
         conn.transaction(async |c| write_all(c, ops).await)
             .await
-            .map_err(classify)
+            .map_err(|e| match e {
+                TxError::Db(e) => BatchError::Write(classify(e)),
+                TxError::Fenced(out) => BatchError::Fenced(out),
+            })
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(WriteError::Unavailable(
+        Err(_) => Err(BatchError::Write(WriteError::Unavailable(
             "database did not answer in time".into(),
-        )),
+        ))),
     }
 }
 
@@ -450,8 +519,11 @@ type Stmt<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = QueryResult<(
 /// which made the sequential version's batches several times slower than their SQL.
 async fn write_all(
     conn: &mut DbConn,
-    ops: &[WriteOp],
-) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
+    batch: &[(WriteOp, Fence)],
+) -> Result<Vec<WriteOutcome>, TxError> {
+    let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| op.clone()).collect();
+    let ops = ops.as_slice();
+    let fences: Vec<Fence> = batch.iter().map(|(_, f)| *f).collect();
     let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
     let all_orders: Vec<(usize, &NewOrderBundle)> = ops
         .iter()
@@ -499,7 +571,17 @@ async fn write_all(
                 ended_sessions_on(&mut c, ops).await
             }
         };
-        let (ids, ended) = futures_util::future::try_join(inserts, check).await?;
+        // The fence check rides in the same round trip. Where in the transaction it runs does not
+        // matter: it locks the lease rows until commit, and if a fence is out of force everything
+        // this transaction wrote is rolled back.
+        let fenced = async {
+            let mut c = shared;
+            leases::fences_out_of_force(&mut c, &fences).await
+        };
+        let (ids, ended, out) = futures_util::future::try_join3(inserts, check, fenced).await?;
+        if !out.is_empty() {
+            return Err(TxError::Fenced(out));
+        }
         inserted = ids.into_iter().flatten().collect();
         ended
     };
@@ -614,7 +696,7 @@ async fn write_all(
     };
     for (i, id) in status_ops {
         if !found.contains(&id) {
-            return Err(diesel::result::Error::NotFound);
+            return Err(diesel::result::Error::NotFound.into());
         }
         outcomes[i] = Some(WriteOutcome::Done);
     }
@@ -629,7 +711,7 @@ async fn write_all(
             {
                 Some(existing) => WriteOutcome::Duplicate(Box::new(existing)),
                 // The conflicting row vanished (deleted restaurant); nothing was written.
-                None => return Err(diesel::result::Error::NotFound),
+                None => return Err(diesel::result::Error::NotFound.into()),
             }
         });
     }
@@ -655,7 +737,7 @@ async fn write_all(
                 .execute(conn)
                 .await?;
                 if n != 1 {
-                    return Err(diesel::result::Error::NotFound);
+                    return Err(diesel::result::Error::NotFound.into());
                 }
                 let version = bump_menu_version(conn, *restaurant_id, *at).await?;
                 outcomes[i] = Some(WriteOutcome::MenuChanged(version));

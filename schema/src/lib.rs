@@ -5,6 +5,7 @@
 //! [`wire`] types of PROTOCOL.md, which the load generator reuses.
 
 pub mod domain;
+pub mod leases;
 pub mod models;
 pub mod schema;
 pub mod stored;

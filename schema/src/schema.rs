@@ -154,6 +154,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    restaurant_leases (restaurant_id) {
+        restaurant_id -> Uuid,
+        node_id -> Text,
+        fence -> Int8,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    cluster_nodes (node_id) {
+        node_id -> Text,
+        started_at -> Timestamptz,
+        last_seen -> Timestamptz,
+        restaurants_owned -> Int4,
+        sockets -> Int4,
+    }
+}
+
 diesel::joinable!(menu_categories -> restaurants (restaurant_id));
 diesel::joinable!(menu_items -> menu_categories (category_id));
 diesel::joinable!(restaurant_tables -> restaurants (restaurant_id));
@@ -161,6 +180,7 @@ diesel::joinable!(staff_sessions -> staff_users (user_id));
 diesel::joinable!(orders -> restaurants (restaurant_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_status_history -> orders (order_id));
+diesel::joinable!(restaurant_leases -> restaurants (restaurant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     restaurants,
@@ -175,4 +195,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_items,
     order_status_history,
     notification_outbox,
+    restaurant_leases,
+    cluster_nodes,
 );

@@ -41,6 +41,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/admin")
             .wrap(from_fn(auth::admin_required))
             .route("/shards", web::get().to(shards))
+            .route("/cluster", web::get().to(super::cluster::nodes))
+            .route(&format!("{r}/owner"), web::get().to(super::cluster::owner))
             .service(
                 resource("/restaurants")
                     .post(create_restaurant)
@@ -256,7 +258,7 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound => ApiError::not_found(),
             AdminError::Conflict(code, message) => ApiError::conflict(code, message),
             AdminError::Invalid(message) => ApiError::invalid(message),
-            AdminError::Unavailable => ApiError::unavailable(),
+            AdminError::Unavailable | AdminError::Fenced => ApiError::unavailable(),
         }
     }
 }
@@ -407,6 +409,7 @@ async fn shards(ctx: web::Data<AppContext>) -> ApiResult<HttpResponse> {
         "activations": ctx.engine.activations(),
         "restarts": ctx.engine.restarts(),
         "passivations": ctx.engine.passivations(),
+        "node_id": ctx.engine.node_id(),
     })))
 }
 

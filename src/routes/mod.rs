@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::error::ApiError;
 
 pub mod admin;
+pub mod cluster;
 pub mod guest;
 pub mod health;
 pub mod kitchen;

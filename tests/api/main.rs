@@ -15,6 +15,7 @@ mod isolation;
 mod operations;
 mod orders;
 mod otp;
+mod ownership;
 mod reconcile;
 mod resume;
 mod sessions;

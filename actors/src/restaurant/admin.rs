@@ -48,11 +48,12 @@ impl Handler<ApplyAdminChange> for RestaurantActor {
         self.touch();
         let pool = self.pool.clone();
         let rid = self.id.get();
+        let fence = self.fence;
         let (tx, rx) = oneshot::channel();
         ctx.wait(
             async move {
                 let mut conn = pool.get().await.map_err(|_| AdminError::Unavailable)?;
-                let outcome = admin::apply(&mut conn, rid, msg.0).await?;
+                let outcome = admin::apply(&mut conn, fence, msg.0).await?;
                 let info = Restaurant::find(&mut conn, rid)
                     .await?
                     .ok_or(AdminError::NotFound)?;
@@ -71,7 +72,10 @@ impl Handler<ApplyAdminChange> for RestaurantActor {
             }
             .into_actor(self)
             .map(
-                move |res: Result<(AdminOutcome, Reloaded), AdminError>, act, _| {
+                move |res: Result<(AdminOutcome, Reloaded), AdminError>, act, ctx| {
+                    if matches!(res, Err(AdminError::Fenced)) {
+                        ctx.notify(super::LeaseLost);
+                    }
                     let answer = res.map(|(outcome, reloaded)| {
                         let (dead_tokens, new_tables) = act.apply_reload(reloaded);
                         AdminApplied {

@@ -108,7 +108,7 @@ impl Subscribers {
         }
     }
 
-    fn close_all(&mut self, code: u16) {
+    pub(super) fn close_all(&mut self, code: u16) {
         for sink in self.kitchen.values() {
             sink.close(code);
         }

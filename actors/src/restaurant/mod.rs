@@ -34,10 +34,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 use scan2order_schema::domain::{RestaurantId, TableId};
+use scan2order_schema::leases::Fence;
 use scan2order_schema::wire::ServerMsg;
 use scan2order_schema::DbPool;
 
-use crate::writer::{PersistenceWriter, Write, WriteOp, WriteOutcome};
+use crate::sink::close_code;
+use crate::writer::{PersistenceWriter, Write, WriteError, WriteOp, WriteOutcome};
 
 pub use admin::{AdminApplied, ApplyAdminChange};
 pub use error::{EngineError, Missing};
@@ -75,12 +77,27 @@ impl Default for RestaurantConfig {
     }
 }
 
-/// Called by a restaurant that passivates, with its table tokens, so the registry forgets it.
-pub type PassivateHook = Box<dyn FnOnce(Vec<String>) + Send>;
+/// Why a restaurant stopped on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassivateReason {
+    /// No sockets, no live orders, nothing asked for `passivate_after`: its lease is let go.
+    Idle,
+    /// Another node owns it now.
+    LeaseLost,
+}
+
+/// Called by a restaurant that stops on its own, with its table tokens, so the registry forgets it.
+pub type PassivateHook = Box<dyn FnOnce(PassivateReason, Vec<String>) + Send>;
 
 pub struct RestaurantActor {
     /// The restaurant this actor is the single writer for.
     id: RestaurantId,
+    /// The lease fence this activation writes under: every op carries it, and the writer commits
+    /// nothing under a fence another node has replaced.
+    fence: Fence,
+    /// Its own address, weakly (it must not keep itself alive): a write refused for a stale fence
+    /// tells the actor to stop.
+    me: Option<actix::WeakAddr<RestaurantActor>>,
     /// The menu, tables and settings as last committed, with the guest JSON rendered from them.
     menu: Menu,
     /// Live orders, the ticket counter and recent idempotency keys.
@@ -132,6 +149,7 @@ impl Committed {
 impl RestaurantActor {
     pub fn new(
         loaded: LoadedRestaurant,
+        fence: Fence,
         writer: Addr<PersistenceWriter>,
         pool: DbPool,
         config: RestaurantConfig,
@@ -147,6 +165,8 @@ impl RestaurantActor {
         } = loaded;
         RestaurantActor {
             id: info.id.into(),
+            fence,
+            me: None,
             menu: Menu::new(info, categories, items, tables),
             orders: OrderBook::new(live, ticket_day, ticket_last, config.recent_keys),
             ring: EventRing::new(config.ring_size),
@@ -188,9 +208,17 @@ impl RestaurantActor {
     /// Sends one op to the persistence writer; the one place a write's ending is classified.
     fn commit(&self, op: WriteOp) -> impl Future<Output = Committed> + 'static {
         let writer = self.writer.clone();
+        let fence = self.fence;
+        let me = self.me.clone();
         async move {
-            match writer.send(Write(op)).await {
+            match writer.send(Write { op, fence }).await {
                 Ok(Ok(outcome)) => Committed::Stored(outcome),
+                Ok(Err(WriteError::Fenced)) => {
+                    if let Some(me) = me.and_then(|m| m.upgrade()) {
+                        me.do_send(LeaseLost);
+                    }
+                    Committed::Refused(EngineError::Unavailable)
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "write failed");
                     if e.outcome_unknown() {
@@ -229,6 +257,7 @@ impl Actor for RestaurantActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().downgrade());
         let every =
             (self.config.passivate_after / 4).clamp(PASSIVATION_CHECK_MIN, PASSIVATION_CHECK_MAX);
         ctx.run_interval(every, |act, ctx| {
@@ -236,12 +265,33 @@ impl Actor for RestaurantActor {
             if act.idle() {
                 tracing::info!(restaurant_id = %act.id, "restaurant idle; passivating");
                 if let Some(hook) = act.on_passivate.take() {
-                    hook(act.menu.table_tokens());
+                    hook(PassivateReason::Idle, act.menu.table_tokens());
                 }
                 ctx.stop();
             }
         });
         tracing::info!(restaurant_id = %self.id, epoch = %self.ring.epoch(), live = self.orders.len(), "restaurant active");
+    }
+}
+
+/// Another node holds the restaurant's lease now (a write was refused for a stale fence, or the
+/// lease keeper did not find it among the node's leases): the actor closes its sockets with 1001, so
+/// they reconnect and resume where the restaurant lives now, forgets itself and stops. Whatever it
+/// still had in flight was refused by the writer and is retried by its clients.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct LeaseLost;
+
+impl Handler<LeaseLost> for RestaurantActor {
+    type Result = ();
+
+    fn handle(&mut self, _: LeaseLost, ctx: &mut Context<Self>) {
+        if let Some(hook) = self.on_passivate.take() {
+            tracing::warn!(restaurant_id = %self.id, fence = self.fence.fence, "lease lost; stopping");
+            self.subscribers.close_all(close_code::GOING_AWAY);
+            hook(PassivateReason::LeaseLost, self.menu.table_tokens());
+        }
+        ctx.stop();
     }
 }
 
@@ -253,6 +303,8 @@ pub struct GetStats;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RestaurantStats {
     pub restaurant_id: RestaurantId,
+    /// The lease fence this activation writes under.
+    pub fence: i64,
     /// Filled in by the shard supervisor.
     pub shard: usize,
     pub epoch: String,
@@ -272,6 +324,7 @@ impl Handler<GetStats> for RestaurantActor {
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(RestaurantStats {
             restaurant_id: self.id,
+            fence: self.fence.fence,
             shard: 0,
             epoch: self.ring.epoch().to_string(),
             seq: self.ring.seq(),
