@@ -2,6 +2,7 @@
 //!
 //! Every actor of the engine and its messages:
 //! - [`admin`]: admin changes applied by a restaurant's own actor;
+//! - [`bus`]: the fleet's NATS connection and its subjects;
 //! - [`ownership`]: the leases by which one node at a time runs a restaurant;
 //! - [`shard`]: the shard supervisor, its arbiters, the restaurant registry and table directory;
 //! - [`restaurant`]: one actor per active restaurant, the single writer of its orders and menu flags;
@@ -10,6 +11,7 @@
 //! - [`notifier`]: drains the notification outbox to WhatsApp.
 
 pub mod admin;
+pub mod bus;
 pub mod notifier;
 pub mod ownership;
 pub mod restaurant;

@@ -1,0 +1,3 @@
+//! What the engine's own integration tests share.
+
+pub mod nats;
