@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes each fuzz target's seed corpus into fuzz/corpus/<target>/ from the proptest corpus in
 tests/fuzz-corpus/ (bodies, socket messages, queries) and from frames and upgrade requests built here
-(the cases of tests/api/ws_conformance.rs). Seeds are named by their content's hash, so seeding again
+(the cases of tests/api/ws_conformance.rs), plus every input that once failed a target
+(fuzz/regressions/). Seeds are named by their content's hash, so seeding again
 adds nothing twice and keeps what libFuzzer found."""
 
 import hashlib
@@ -117,6 +118,9 @@ def main():
         b"extra=1",
     ]
     write("queries", queries + list(lines("cursors.txt")))
+    # Inputs that once failed a target (fuzz/regressions/<target>/): replayed by every run.
+    for d in sorted((ROOT / "fuzz" / "regressions").glob("*/")):
+        write(d.name, [f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()])
 
 
 if __name__ == "__main__":
