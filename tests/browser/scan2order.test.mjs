@@ -229,6 +229,44 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
     await env.whatsapp.waitFor((b) => b.to === to && b.template.name === 'scan2order_order_ready', { what: 'the order-ready message' });
   });
 
+  flow('1b. a guest who reloads after asking for a code types the code they already have', async () => {
+    const table = env.server.table('trattoria-roma', 'T5');
+    const data = await api.table(table.token);
+    const dish = menuItems(data).filter((i) => i.available)[0];
+    const guest = await env.newPage('phone', 'guest-pending-code');
+    await guest.goto(table.url);
+    await menuCard(guest, dish.id).getByTestId('add-to-cart').click();
+    await guest.getByTestId('cart-bar').click();
+    await guest.getByTestId('checkout-button').click();
+    await guest.getByTestId('verify-dialog').waitFor({ state: 'visible' });
+    const phone = uniquePhone();
+    await guest.getByTestId('phone-input').fill(phone);
+    const sentBefore = env.whatsapp.messages.length;
+    await guest.getByTestId('send-code').click();
+    const code = await env.whatsapp.codeFor(phone, sentBefore);
+    await guest.getByTestId('code-input').waitFor({ state: 'visible' });
+
+    // A reload inside the resend cooldown: the page goes straight back to the code it sent.
+    await guest.reload();
+    await waitText(guest.getByTestId('cart-count'), '1');
+    await guest.getByTestId('cart-bar').click();
+    await guest.getByTestId('checkout-button').click();
+    await guest.getByTestId('code-input').waitFor({ state: 'visible' });
+    await waitText(guest.getByTestId('code-sent-to'), new RegExp(escapeRe(phone)));
+    assert.ok(await guest.getByTestId('resend-code').isDisabled(), 'the resend cooldown carried over the reload');
+    await env.screenshot(guest, 'guest-pending-code-phone');
+    const orderAnswer = guest.waitForResponse((r) => r.url() === `${env.baseUrl}/api/v1/orders` && r.request().method() === 'POST');
+    await guest.getByTestId('code-input').fill(code);
+    await guest.getByTestId('verify-code').click();
+    assert.equal((await orderAnswer).status(), 201, 'the order is created with the code sent before the reload');
+    const to = phone.replace(/\D/g, '');
+    const codes = env.whatsapp.messages.slice(sentBefore).filter((m) => m.body.to === to && m.body.template.name === 'scan2order_code');
+    assert.equal(codes.length, 1, 'one code was sent, none asked for again');
+
+    // Used, it is forgotten: the next verification (another device state) starts from the phone.
+    assert.equal(await guest.evaluate(() => localStorage.getItem('s2o.pending_code')), null);
+  });
+
   flow('2. the chef marks a dish sold out; an open guest page shows it at once and cannot add or order it', async () => {
     const table = env.server.table('trattoria-roma', 'T2');
     const data = await api.table(table.token);
@@ -315,6 +353,10 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
     log(`server stopped by SIGTERM in ${stopped.ms} ms (code ${stopped.code}, signal ${stopped.signal})`);
     await waitText(kitchen.getByTestId('connection-banner'), /Disconnected — reconnecting/);
     await waitText(guest.getByTestId('connection-banner'), /Reconnecting/);
+    const pill = await guest.getByTestId('connection-banner').boundingBox();
+    const name = await guest.getByTestId('restaurant-name').boundingBox();
+    assert.ok(pill.y + pill.height <= name.y || name.y + name.height <= pill.y,
+      `the reconnecting notice leaves the restaurant's name readable: ${JSON.stringify({ pill, name })}`);
     await waitText(kitchen.getByTestId('connection-state'), 'Offline');
     await env.screenshot(kitchen, 'kitchen-disconnected-tablet');
     await env.screenshot(guest, 'guest-reconnecting-phone');
@@ -323,6 +365,9 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
     // display is surely still away, its tablet is kept off the network until the order is in.
     await kitchen.context().setOffline(true);
     const startMs = await env.server.start();
+    const readyAt = Date.now(); // at most 100 ms after /readyz turned green (start() polls it)
+    const guestBack = guest.getByTestId('connection-banner').waitFor({ state: 'hidden', timeout: 30_000 })
+      .then(() => Date.now() - readyAt);
     const whileAway = await order(2);
     assert.ok(await kitchen.getByTestId('connection-banner').isVisible(), 'the order was placed while the kitchen was away');
     await kitchen.context().setOffline(false);
@@ -330,7 +375,9 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
 
     await kitchen.getByTestId('connection-banner').waitFor({ state: 'hidden', timeout: 30_000 });
     await waitText(kitchen.getByTestId('connection-state'), 'Live');
-    await guest.getByTestId('connection-banner').waitFor({ state: 'hidden', timeout: 30_000 });
+    const guestMs = await guestBack;
+    log(`the guest page was live again ${guestMs} ms after /readyz was green`);
+    assert.ok(guestMs <= 1000, `the guest page follows the server back within 1 s of /readyz (${guestMs} ms)`);
     outage.stop(500);
 
     for (const o of [seen, justBefore, whileAway]) await ticketOf(kitchen, o.id).waitFor();
@@ -351,6 +398,59 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
     const cards = await guest.locator('[data-testid="table-orders"] [data-testid="order-card"]').evaluateAll((els) => els.map((e) => e.dataset.orderId));
     assert.equal(new Set(cards).size, cards.length, 'no order twice on the guest page');
   }, { timeout: 120_000 });
+
+  flow('3b. a kitchen board that has not had its snapshot says it is not in sync, never "no open tickets"', async () => {
+    const table = env.server.table('trattoria-roma', 'T4');
+    const data = await api.table(table.token);
+    const items = menuItems(data).filter((i) => i.available);
+    const customer = await api.customer(uniquePhone());
+    const live = await api.placeOrder(customer, table.token, [{ menu_item_id: items[0].id, quantity: 1 }]);
+
+    // The kitchen's socket is routed: "hold" answers the handshake and a hello, then nothing (a server
+    // that stopped right after the kitchen connected); "pass" connects it to the real server.
+    const kitchen = await env.newPage('tablet', 'kitchen-unsynced');
+    let mode = 'hold';
+    const routed = [];
+    await kitchen.routeWebSocket(/\/ws\/kitchen/, (ws) => {
+      routed.push(ws);
+      if (mode === 'pass') {
+        ws.connectToServer();
+        return;
+      }
+      ws.send(JSON.stringify({ type: 'hello', epoch: `held-${routed.length}`, seq: 0 }));
+    });
+    const chef = env.server.login('chef', 'trattoria-roma');
+    await kitchen.goto('/kitchen');
+    await kitchen.getByTestId('login-username').fill(chef.username);
+    await kitchen.getByTestId('login-password').fill(chef.password);
+    await kitchen.getByTestId('login-submit').click();
+    await waitText(kitchen.getByTestId('sync-banner'), /Loading tickets… The board is not in sync yet/);
+    await waitText(kitchen.getByTestId('connection-state'), 'Syncing…');
+    await waitText(kitchen.getByTestId('all-day-list'), 'Not in sync yet.');
+    await kitchen.getByTestId('tickets-unsynced').waitFor();
+    assert.equal(await kitchen.getByTestId('tickets-empty').isVisible(), false, 'no "No open tickets" before a snapshot');
+    assert.equal(await ticketOf(kitchen, live.id).count(), 0);
+    await env.screenshot(kitchen, 'kitchen-not-in-sync-tablet');
+
+    // The socket drops and the next one reaches the server: the snapshot brings the live ticket.
+    mode = 'pass';
+    const reconnect = env.problems.allow(/-unsynced$/, /WebSocket connection to .* failed|net::ERR_/, 'routed socket closed');
+    routed[routed.length - 1].close({ code: 1001, reason: 'going away' });
+    await ticketOf(kitchen, live.id).waitFor();
+    await kitchen.getByTestId('sync-banner').waitFor({ state: 'hidden' });
+    assert.equal(await kitchen.getByTestId('tickets-unsynced').isVisible(), false);
+    await waitText(kitchen.getByTestId('connection-state'), 'Live');
+
+    // In sync once, then a socket that never catches up: the tickets stay, and the board says since when
+    // it has not been in sync.
+    mode = 'hold';
+    routed[routed.length - 1].close({ code: 1001, reason: 'going away' });
+    await waitText(kitchen.getByTestId('sync-banner'), /Not in sync — catching up\. Tickets may be missing: last in sync at \d{1,2}:\d{2}:\d{2}/);
+    assert.ok(await ticketOf(kitchen, live.id).isVisible(), 'the tickets it had stay on the board');
+    assert.equal(await kitchen.getByTestId('tickets-empty').isVisible(), false);
+    await env.screenshot(kitchen, 'kitchen-catching-up-tablet');
+    reconnect.stop(500);
+  });
 
   flow('4. an admin sets up a restaurant, category, dish, table and chef; the QR sheet prints; the chef signs in', async () => {
     const suffix = Date.now().toString(36);

@@ -407,7 +407,9 @@ export function formatDateTime(iso, options = { dateStyle: 'medium', timeStyle: 
 // ---------------------------------------------------------------------------
 
 const BACKOFF_START_MS = 500;
-const BACKOFF_MAX_MS = 10_000;
+// Capped so a page follows the server back within a second of it being ready (each retry waits half to
+// all of the current step); a refused connect costs the server nothing.
+const BACKOFF_MAX_MS = 800;
 const CONNECT_TIMEOUT_MS = 10_000;
 const STABLE_AFTER_MS = 5_000;
 
@@ -583,6 +585,9 @@ export class LiveSocket {
           this.epoch = msg.epoch;
           this.seq = null;
         }
+        // Same epoch and a position to resume from: the server replays what was missed right behind
+        // this hello (or, when it cannot, sends a snapshot).
+        msg.resumed = this.seq !== null;
         break;
       case 'snapshot':
         if (msg.epoch !== undefined) this.epoch = msg.epoch;

@@ -22,6 +22,9 @@ const MAX_QTY = 99;
 const MAX_NOTE = 200;
 const CUSTOMER_KEY = 's2o.customer';
 const LAST_PHONE_KEY = 's2o.last_phone';
+// A code sent and not yet used: {phone, expiresAt, resendAt}. Kept for the code's lifetime, so a guest who
+// reloads can still type the code they have instead of being refused a new one.
+const PENDING_CODE_KEY = 's2o.pending_code';
 
 const tableToken = tokenFromPath(location.pathname);
 const CART_KEY = `s2o.cart.${tableToken}`;
@@ -652,10 +655,28 @@ function askForVerification() {
   return new Promise((resolve) => {
     verify.resolve = resolve;
     verify.result = null;
-    showPhoneStep();
-    dom.verifyDialog.showModal();
-    dom.phoneInput.focus();
+    const pending = pendingCode();
+    if (pending) {
+      verify.phone = pending.phone;
+      verify.resendAt = pending.resendAt;
+      dom.verifyDialog.showModal();
+      showCodeStep();
+    } else {
+      showPhoneStep();
+      dom.verifyDialog.showModal();
+      dom.phoneInput.focus();
+    }
   });
+}
+
+/** The code sent earlier (this page or one before a reload) that can still be used, if any. */
+function pendingCode() {
+  const p = local.get(PENDING_CODE_KEY, null);
+  if (!p || typeof p.phone !== 'string' || !(Number(p.expiresAt) > Date.now())) {
+    if (p) local.remove(PENDING_CODE_KEY);
+    return null;
+  }
+  return { phone: p.phone, resendAt: Number(p.resendAt) || 0 };
 }
 
 function showPhoneStep() {
@@ -698,6 +719,11 @@ async function sendCode(phone, form, errorTestid) {
     verify.phone = phone;
     verify.resendAt = Date.now() + (Number(data.resend_after_s) || 30) * 1000;
     local.set(LAST_PHONE_KEY, phone);
+    local.set(PENDING_CODE_KEY, {
+      phone,
+      expiresAt: Date.now() + (Number(data.expires_in_s) || 300) * 1000,
+      resendAt: verify.resendAt,
+    });
     showCodeStep();
   } catch (err) {
     formError(form, errorTestid, errorMessage(err));
@@ -734,6 +760,7 @@ function wireVerification() {
       const res = await apiRequest('POST', '/api/v1/otp/verify', { body: { phone: verify.phone, code } });
       const data = res.data;
       local.set(CUSTOMER_KEY, { customer_token: data.customer_token, phone: data.phone || verify.phone, expires_at: data.expires_at });
+      local.remove(PENDING_CODE_KEY);
       verify.result = currentCustomer();
       dom.verifyDialog.close();
       renderCart();
@@ -741,6 +768,7 @@ function wireVerification() {
     } catch (err) {
       formError(dom.codeForm, 'code-error', errorMessage(err));
       if (err instanceof ApiError && (err.code === 'code_expired' || err.code === 'too_many_attempts')) {
+        local.remove(PENDING_CODE_KEY);
         verify.resendAt = 0;
         updateResendButton();
       }
@@ -753,6 +781,7 @@ function wireVerification() {
   dom.resendCode.addEventListener('click', () => sendCode(verify.phone, dom.codeForm, 'code-error'));
   dom.changePhone.addEventListener('click', () => {
     clearInterval(verify.timer);
+    local.remove(PENDING_CODE_KEY);
     showPhoneStep();
     dom.phoneInput.focus();
   });

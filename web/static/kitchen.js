@@ -3,6 +3,9 @@
 // Tickets arrive over /ws/kitchen (snapshot, then events; resumed after a
 // reconnect). A tap on a ticket is held for 4 s with an Undo button before the
 // status change is sent (socket `set_status`, or REST when the socket is down).
+// The board is "in sync" only between a snapshot and the loss of its socket:
+// until then it says so loudly (with when it last was in sync) and never shows
+// the "no open tickets" state, which only a snapshot can prove.
 
 import {
   h, byId, show, setChildren, local, uuid, ApiError, errorMessage, withQuery, formatMoney,
@@ -86,6 +89,9 @@ const state = {
   fresh: new Map(), // order id → arrival time (flash cue)
   clockOffset: 0,
   snapshots: 0,
+  socketStatus: 'connecting',
+  inSync: false, // a snapshot arrived on the socket that is open now
+  lastSyncAt: 0, // when the board last matched the server (a snapshot, an event, a poll)
   menuBusy: new Set(),
   acceptingBusy: false,
   disconnectedAt: 0,
@@ -108,8 +114,8 @@ const money = (cents) => formatMoney(cents, (state.restaurant && state.restauran
 function collectDom() {
   for (const id of ['login-view', 'login-form', 'picker-view', 'picker-form', 'restaurant-select', 'loading-view',
     'board-view', 'kitchen-restaurant-name', 'accepting-state', 'connection-state', 'toggle-accepting',
-    'enable-sound', 'toggle-allday', 'toggle-menu', 'switch-restaurant', 'connection-banner', 'tickets',
-    'tickets-empty', 'all-day-panel', 'all-day-list', 'menu-panel', 'menu-panel-list']) {
+    'enable-sound', 'toggle-allday', 'toggle-menu', 'switch-restaurant', 'connection-banner', 'sync-banner', 'tickets',
+    'tickets-empty', 'tickets-unsynced', 'all-day-panel', 'all-day-list', 'menu-panel', 'menu-panel-list']) {
     dom[id.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = byId(id);
   }
 }
@@ -223,10 +229,13 @@ function resetBoard() {
   state.restaurant = null;
   state.menu = null;
   state.snapshots = 0;
+  state.inSync = false;
+  state.lastSyncAt = 0;
   state.disconnectedAt = 0;
   ticketEls.clear();
   dom.tickets.replaceChildren();
   show(dom.connectionBanner, false);
+  show(dom.syncBanner, false);
 }
 
 function sessionEnded(message) {
@@ -311,9 +320,11 @@ async function checkSessionAfterPolicyClose() {
 
 function socketStatus(status) {
   const down = status === 'reconnecting' || status === 'stopped';
+  // A new socket is in sync only once its snapshot arrives.
+  if (status !== 'open') state.inSync = false;
+  state.socketStatus = status;
   show(dom.connectionBanner, status === 'reconnecting');
-  dom.connectionState.textContent = status === 'open' ? 'Live' : status === 'connecting' ? 'Connecting…' : 'Offline';
-  dom.connectionState.className = `pill ${status === 'open' ? 'pill-ok' : status === 'connecting' ? 'pill-muted' : 'pill-danger'}`;
+  renderTickets(); // the empty states and the sync notice depend on it
   if (down) {
     if (!state.disconnectedAt) state.disconnectedAt = Date.now();
     // Requests sent on the lost socket may or may not have arrived: finish them over REST.
@@ -332,6 +343,7 @@ async function pollWhileDown() {
   try {
     const data = await staff.request('GET', kitchenPath('/api/v1/kitchen/orders'));
     if (!state.disconnectedAt) return; // the socket came back meanwhile
+    state.lastSyncAt = Date.now();
     replaceTickets((data && data.orders) || [], true);
   } catch {
     /* still down */
@@ -358,8 +370,18 @@ function replaceTickets(orders, cueNew) {
 
 function handleMessage(msg) {
   switch (msg.type) {
+    case 'hello':
+      if (msg.resumed) {
+        state.inSync = true;
+        state.lastSyncAt = Date.now();
+        renderSync();
+        renderTickets();
+      }
+      break;
     case 'snapshot': {
       const cue = state.snapshots > 0;
+      state.inSync = true;
+      state.lastSyncAt = Date.now();
       replaceTickets(msg.orders || [], cue);
       // Menu, availability and pause events are not in the snapshot: any that happened between loading
       // the restaurant and this subscription (the first one, or a reconnect) were missed. Reload them.
@@ -582,9 +604,33 @@ function renderTickets() {
       ticketEls.delete(id);
     }
   }
-  show(dom.ticketsEmpty, orders.length === 0);
+  show(dom.ticketsEmpty, orders.length === 0 && state.inSync);
+  show(dom.ticketsUnsynced, orders.length === 0 && !state.inSync);
+  renderSync();
   updateTimers();
   renderAllDay();
+}
+
+/** The loud notice of a board that is not in sync, saying since when (or that it never was). */
+function renderSync() {
+  // "Live" only once in sync: a socket that is open but has not brought its snapshot says so.
+  const status = state.socketStatus;
+  const live = status === 'open' && state.inSync;
+  dom.connectionState.textContent = live ? 'Live' : status === 'open' ? 'Syncing…' : status === 'connecting' ? 'Connecting…' : 'Offline';
+  dom.connectionState.className = `pill ${live ? 'pill-ok' : status === 'open' || status === 'connecting' ? 'pill-muted' : 'pill-danger'}`;
+  const reconnecting = !dom.connectionBanner.hidden;
+  const since = state.lastSyncAt
+    ? new Date(state.lastSyncAt).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : '';
+  if (reconnecting) {
+    dom.connectionBanner.textContent = since
+      ? `Disconnected — reconnecting… Tickets may be missing: last in sync at ${since}.`
+      : 'Disconnected — reconnecting… Tickets are not loaded yet.';
+  }
+  show(dom.syncBanner, !state.inSync && !reconnecting);
+  dom.syncBanner.textContent = since
+    ? `Not in sync — catching up. Tickets may be missing: last in sync at ${since}.`
+    : 'Loading tickets… The board is not in sync yet: tickets may be missing.';
 }
 
 function buildTicket(order, held) {
@@ -685,7 +731,7 @@ function renderAllDay() {
     ? rows.map((row) => h('li', { class: 'all-day-item', testid: 'all-day-item' },
       h('span', { class: 'all-day-count', testid: 'all-day-count', text: String(row.quantity) }),
       h('span', { class: 'all-day-name', testid: 'all-day-name', text: row.name })))
-    : h('li', { class: 'muted', text: 'Nothing open.' }));
+    : h('li', { class: 'muted', text: state.inSync ? 'Nothing open.' : 'Not in sync yet.' }));
 }
 
 // ---------------------------------------------------------------------------
