@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use scan2order_schema::domain::{RestaurantId, TableId};
 use scan2order_schema::leases::{self, Fence, Lease, NodeRow};
 use scan2order_schema::models::RestaurantTable;
-use scan2order_schema::DbPool;
+use scan2order_schema::{DbConn, DbPool};
 use tokio::sync::{Notify, OnceCell};
 
 use crate::ownership::{NodeConfig, Started};
@@ -144,6 +145,8 @@ struct Inner {
     /// Activations that took a lease another node had held (a takeover after expiry, or at once on a
     /// single node).
     takeovers: AtomicU64,
+    /// The node's leases were released at shutdown: the keeper renews and reports no more.
+    released: AtomicBool,
     /// Shutdown has begun: no new writes are taken (see [`ShardSupervisor::begin_drain`]).
     draining: AtomicBool,
     mark: std::sync::Mutex<Option<StatsMark>>,
@@ -216,6 +219,7 @@ impl ShardSupervisor {
             passivations: AtomicU64::new(0),
             leases_lost: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
+            released: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             mark: std::sync::Mutex::new(None),
         });
@@ -243,15 +247,21 @@ impl ShardSupervisor {
         self.inner.takeovers.load(Ordering::Relaxed)
     }
 
-    /// Who owns the restaurant, activating it here first if nobody does.
-    pub async fn owner(&self, id: RestaurantId) -> Result<Lease, EngineError> {
-        self.restaurant(id).await?;
-        let mut conn = self
-            .inner
+    /// A pooled connection, or `Unavailable`.
+    async fn conn(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, AsyncDieselConnectionManager<DbConn>>, EngineError> {
+        self.inner
             .pool
             .get()
             .await
-            .map_err(|_| EngineError::Unavailable)?;
+            .map_err(|_| EngineError::Unavailable)
+    }
+
+    /// Who owns the restaurant, activating it here first if nobody does.
+    pub async fn owner(&self, id: RestaurantId) -> Result<Lease, EngineError> {
+        self.restaurant(id).await?;
+        let mut conn = self.conn().await?;
         leases::lease_of(&mut conn, id.get())
             .await
             .map_err(|_| EngineError::Unavailable)?
@@ -260,12 +270,7 @@ impl ShardSupervisor {
 
     /// The fleet's live nodes as Postgres knows them (this one included once it has reported).
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, EngineError> {
-        let mut conn = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(|_| EngineError::Unavailable)?;
+        let mut conn = self.conn().await?;
         let within = self.inner.config.node.lease_ttl;
         leases::live_nodes(&mut conn, within)
             .await
@@ -362,12 +367,7 @@ impl ShardSupervisor {
     /// Takes the restaurant's lease for this node: its fence, or why not.
     async fn take_lease(&self, id: RestaurantId) -> Result<Fence, EngineError> {
         let node = &self.inner.config.node;
-        let mut conn = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(|_| EngineError::Unavailable)?;
+        let mut conn = self.conn().await?;
         let db = |_| EngineError::Unavailable;
         let before = leases::lease_of(&mut conn, id.get()).await.map_err(db)?;
         match leases::acquire(
@@ -498,12 +498,7 @@ impl ShardSupervisor {
         if let Some(r) = self.inner.tables.get(token).map(|r| *r) {
             return Ok((self.restaurant(r.restaurant_id).await?, r));
         }
-        let mut conn = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(|_| EngineError::Unavailable)?;
+        let mut conn = self.conn().await?;
         let table = RestaurantTable::by_token(&mut conn, token)
             .await
             .map_err(|_| EngineError::Unavailable)?
@@ -659,6 +654,7 @@ impl ShardSupervisor {
         for shard in &self.inner.shards {
             let _ = shard.writer.send(Drain).await;
         }
+        self.inner.released.store(true, Ordering::SeqCst);
         let held: Vec<Fence> = self.inner.fences.iter().map(|e| e.value().0).collect();
         if let Ok(mut conn) = self.inner.pool.get().await {
             let node_id = &self.inner.config.node.node_id;
@@ -692,6 +688,9 @@ async fn keep_leases(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        if strong.released.load(Ordering::SeqCst) {
+            return;
+        }
         let every = strong.config.node.renew_every();
         if let Err(e) = renew_once(&strong).await {
             tracing::warn!(error = %e, "could not renew the node's leases");

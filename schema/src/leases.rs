@@ -94,11 +94,11 @@ pub struct Fence {
 }
 
 /// Extends every lease `node_id` holds by `ttl` from now; returns the leases it still holds (one the
-/// node thought it held and that is missing here was taken over).
+/// node thought it held and that is missing here was taken over). A released lease stays released.
 pub async fn renew(conn: &mut DbConn, node_id: &str, ttl: Duration) -> QueryResult<Vec<Fence>> {
     diesel::sql_query(
         "UPDATE restaurant_leases SET expires_at = now() + $2 * interval '1 millisecond' \
-         WHERE node_id = $1 RETURNING restaurant_id, fence",
+         WHERE node_id = $1 AND expires_at > 'epoch' RETURNING restaurant_id, fence",
     )
     .bind::<Text, _>(node_id)
     .bind::<BigInt, _>(millis(ttl))
