@@ -13,6 +13,7 @@
 //!   actors (own acceptor; an idle socket holds no buffer), and [`ws`]: the actix-ws reference
 //!   transport;
 //! - [`security_headers`]: the CSP and the other headers on every answer;
+//! - [`otp`]: one-time codes (issue within caps, deliver, verify, open a session);
 //! - [`whatsapp`]: the WhatsApp Cloud API client and the development notifier;
 //! - [`qr`]: table QR codes (SVG, PNG) and the printable sheet;
 //! - [`db`]: database creation, embedded migrations and the pool; [`seed`]: the demo data.
@@ -29,6 +30,7 @@ pub mod extract;
 pub mod lean;
 pub mod limits;
 pub mod metrics;
+pub mod otp;
 pub mod qr;
 pub mod routes;
 pub mod security_headers;

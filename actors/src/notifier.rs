@@ -103,6 +103,17 @@ pub enum SendOutcome {
     Failed(String),
 }
 
+impl SendOutcome {
+    /// The `result` label of `s2o_whatsapp_sends_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendOutcome::Sent => "sent",
+            SendOutcome::Retry { .. } => "retry",
+            SendOutcome::Failed(_) => "failed",
+        }
+    }
+}
+
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = SendOutcome> + Send + 'a>>;
 
 /// Delivers template messages: the WhatsApp Cloud API client or the development logger.
@@ -246,12 +257,7 @@ async fn drain_once(
     let mut sent = Vec::new();
     let mut retried = false;
     for (row, outcome) in results {
-        let result = match &outcome {
-            SendOutcome::Sent => "sent",
-            SendOutcome::Retry { .. } => "retry",
-            SendOutcome::Failed(_) => "failed",
-        };
-        metrics::counter!("s2o_whatsapp_sends_total", "kind" => "order", "result" => result)
+        metrics::counter!("s2o_whatsapp_sends_total", "kind" => "order", "result" => outcome.label())
             .increment(1);
         let now = Utc::now();
         let r = match outcome {

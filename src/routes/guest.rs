@@ -1,31 +1,27 @@
-//! Guest calls: the table menu, one-time codes, ordering, and a guest's own orders.
+//! Guest calls: the table menu, one-time codes (their logic in `crate::otp`), ordering, and a guest's
+//! own orders.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use rand::Rng;
-use scan2order_actors::notifier::{backoff, SendOutcome, TemplateMessage};
+use chrono::{DateTime, Utc};
+use scan2order_actors::notifier::TemplateMessage;
 use scan2order_actors::restaurant::{EngineError, GetTableMenu, PlaceOrder};
 use scan2order_schema::domain::{Phone, MAX_IDEMPOTENCY_KEY_CHARS};
-use scan2order_schema::models::{CustomerSession, OtpChallenge, StoredOrder};
-use scan2order_schema::tokens::{new_session_token, token_hash};
+use scan2order_schema::models::StoredOrder;
 use scan2order_schema::wire::{
     OrdersPage, OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse,
     PlaceOrderRequest,
 };
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::auth::{self, Customer};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
+use crate::otp::{self, NotSent, Refused};
 
-/// Tries for sending one code before giving up (the guest can ask again).
-const OTP_SEND_TRIES: u32 = 3;
 /// Orders per page of a guest's history.
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
@@ -89,13 +85,6 @@ async fn table_menu(
     Ok(res.content_type("application/json").body(answer.body))
 }
 
-fn otp_hash(challenge: Uuid, code: &str) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(challenge.as_bytes());
-    h.update(code.as_bytes());
-    h.finalize().to_vec()
-}
-
 /// `POST /api/v1/otp/send`: a 6-digit code, stored hashed, sent only to WhatsApp.
 async fn otp_send(
     ctx: web::Data<AppContext>,
@@ -103,87 +92,28 @@ async fn otp_send(
 ) -> ApiResult<HttpResponse> {
     let phone = phone_field(&body.phone)?;
     let auth = &ctx.settings.auth;
-    let caps = &ctx.settings.rate_limits;
-    let now = Utc::now();
-    let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
-    let id = Uuid::new_v4();
-    let challenge = OtpChallenge {
-        id,
-        phone: phone.as_str().to_string(),
-        code_hash: otp_hash(id, &code),
-        attempts: 0,
-        created_at: now,
-        expires_at: now + ChronoDuration::seconds(auth.otp_ttl_s),
-        consumed_at: None,
-    };
-    let windows = if caps.enabled {
-        vec![
-            (ChronoDuration::seconds(auth.otp_resend_after_s), 1),
-            (
-                ChronoDuration::minutes(10),
-                caps.otp_sends_per_phone_10_minutes,
-            ),
-            (ChronoDuration::days(1), caps.otp_sends_per_phone_day),
-        ]
-    } else {
-        vec![(ChronoDuration::seconds(auth.otp_resend_after_s), 1)]
-    };
     let mut conn = ctx.pool.get().await?;
-    if let Err(wait) = challenge.insert_capped(&mut conn, &windows).await? {
-        return Err(ApiError::rate_limited(wait.num_seconds().max(1) as u64));
-    }
-    drop(conn);
-    let msg = TemplateMessage {
-        to: phone.digits().to_string(),
-        template: ctx.settings.whatsapp.otp_template.clone(),
-        body_params: vec![code.clone()],
-        code_button: Some(code),
-    };
-    let sender = ctx.sender.clone();
-    actix_web::rt::spawn(async move {
-        for attempt in 0..OTP_SEND_TRIES {
-            let outcome = sender.send(&msg).await;
-            let result = match &outcome {
-                SendOutcome::Sent => "sent",
-                SendOutcome::Retry { .. } => "retry",
-                SendOutcome::Failed(_) => "failed",
-            };
-            metrics::counter!("s2o_whatsapp_sends_total", "kind" => "otp", "result" => result)
-                .increment(1);
-            match outcome {
-                SendOutcome::Sent => return,
-                SendOutcome::Failed(reason) => {
-                    tracing::warn!(to = ?msg, %reason, "one-time code refused by the API");
-                    return;
-                }
-                SendOutcome::Retry { after, reason } => {
-                    tracing::info!(%reason, attempt, "one-time code send will be retried");
-                    tokio::time::sleep(after.unwrap_or_else(|| backoff(attempt as i32))).await;
-                }
-            }
+    let code = match otp::issue(&mut conn, &phone, auth, &ctx.settings.rate_limits).await {
+        Ok(code) => code,
+        Err(NotSent::Wait(wait)) => {
+            return Err(ApiError::rate_limited(wait.num_seconds().max(1) as u64))
         }
-        tracing::warn!("one-time code not delivered after retries");
-    });
+        Err(NotSent::Db(e)) => return Err(e.into()),
+    };
+    drop(conn);
+    otp::deliver(
+        ctx.sender.clone(),
+        TemplateMessage {
+            to: phone.digits().to_string(),
+            template: ctx.settings.whatsapp.otp_template.clone(),
+            body_params: vec![code.clone()],
+            code_button: Some(code),
+        },
+    );
     Ok(HttpResponse::Accepted().json(OtpSendResponse {
         expires_in_s: auth.otp_ttl_s as u64,
         resend_after_s: auth.otp_resend_after_s as u64,
     }))
-}
-
-fn invalid_code() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_code",
-        "that code is not right",
-    )
-}
-
-fn too_many_attempts() -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_attempts",
-        "too many wrong codes; ask for a new one",
-    )
 }
 
 /// `POST /api/v1/otp/verify`: constant-time check, 5 attempts per code, then a 30-day customer token.
@@ -192,55 +122,30 @@ async fn otp_verify(
     body: Json<OtpVerifyRequest>,
 ) -> ApiResult<HttpResponse> {
     let phone = phone_field(&body.phone)?;
-    let code = body.code.trim();
-    let auth = &ctx.settings.auth;
     let mut conn = ctx.pool.get().await?;
-    let now = Utc::now();
-    let challenge = OtpChallenge::latest_open(&mut conn, phone.as_str())
-        .await?
-        .ok_or_else(invalid_code)?;
-    if challenge.expires_at <= now {
-        return Err(ApiError::new(
+    match otp::verify(&mut conn, &phone, body.code.trim(), &ctx.settings.auth).await {
+        Ok(v) => Ok(HttpResponse::Ok().json(OtpVerifyResponse {
+            customer_token: v.token,
+            phone: phone.as_str().to_string(),
+            expires_at: v.expires_at,
+        })),
+        Err(Refused::Invalid) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_code",
+            "that code is not right",
+        )),
+        Err(Refused::Expired) => Err(ApiError::new(
             StatusCode::GONE,
             "code_expired",
             "that code has expired; ask for a new one",
-        ));
+        )),
+        Err(Refused::TooManyAttempts) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many wrong codes; ask for a new one",
+        )),
+        Err(Refused::Db(e)) => Err(e.into()),
     }
-    if challenge.attempts >= auth.otp_max_attempts {
-        return Err(too_many_attempts());
-    }
-    // Take the attempt before comparing, so parallel guesses cannot exceed the limit.
-    let attempts = OtpChallenge::take_attempt(&mut conn, challenge.id, auth.otp_max_attempts)
-        .await?
-        .ok_or_else(too_many_attempts)?;
-    let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
-    let matches =
-        well_formed && bool::from(otp_hash(challenge.id, code).ct_eq(&challenge.code_hash));
-    if !matches {
-        return Err(if attempts >= auth.otp_max_attempts {
-            too_many_attempts()
-        } else {
-            invalid_code()
-        });
-    }
-    if !OtpChallenge::consume(&mut conn, challenge.id, now).await? {
-        return Err(invalid_code());
-    }
-    let token = new_session_token();
-    let expires_at = now + ChronoDuration::days(auth.customer_session_days);
-    CustomerSession {
-        token_hash: token_hash(&token),
-        phone: phone.as_str().to_string(),
-        created_at: now,
-        expires_at,
-    }
-    .insert(&mut conn)
-    .await?;
-    Ok(HttpResponse::Ok().json(OtpVerifyResponse {
-        customer_token: token,
-        phone: phone.as_str().to_string(),
-        expires_at,
-    }))
 }
 
 /// The `Idempotency-Key` header, checked (public for the parser fuzz tests).
