@@ -317,13 +317,26 @@ mod tests {
         (out, closes)
     }
 
+    /// What the decoder makes of `bytes` whole, asserted to be the same in pieces of every size.
+    fn same_in_any_pieces(bytes: &[u8]) -> (Vec<String>, Vec<Close>) {
+        let whole = decode_in_pieces(bytes, bytes.len());
+        for piece in 1..bytes.len() {
+            assert_eq!(
+                decode_in_pieces(bytes, piece),
+                whole,
+                "in pieces of {piece}"
+            );
+        }
+        whole
+    }
+
     #[test]
     fn a_fragmented_message_with_a_ping_between_is_the_same_in_any_pieces() {
         let mut bytes = client_frame(false, frame::TEXT, "caf".as_bytes());
         bytes.extend(client_frame(true, frame::PING, b"hi"));
         bytes.extend(client_frame(true, frame::CONTINUATION, "é!".as_bytes()));
         bytes.extend(client_frame(true, frame::CLOSE, &1000u16.to_be_bytes()));
-        let whole = decode_in_pieces(&bytes, bytes.len());
+        let whole = same_in_any_pieces(&bytes);
         assert_eq!(
             whole.0,
             vec![
@@ -332,13 +345,6 @@ mod tests {
             ]
         );
         assert_eq!(whole.1, vec![Close::Echo(Some(1000))]);
-        for piece in 1..bytes.len() {
-            assert_eq!(
-                decode_in_pieces(&bytes, piece),
-                whole,
-                "in pieces of {piece}"
-            );
-        }
     }
 
     #[test]
@@ -357,18 +363,10 @@ mod tests {
     fn the_first_failure_is_the_one_reported_in_any_pieces() {
         let mut bytes = client_frame(true, frame::TEXT, &[0xC3, 0x28, b'x']);
         bytes.extend([0x2B, 0x80, 0, 0, 0, 0]);
-        let whole = decode_in_pieces(&bytes, bytes.len());
         assert_eq!(
-            whole,
+            same_in_any_pieces(&bytes),
             (vec![], vec![Close::Refuse(close_code::INVALID_PAYLOAD)])
         );
-        for piece in 1..bytes.len() {
-            assert_eq!(
-                decode_in_pieces(&bytes, piece),
-                whole,
-                "in pieces of {piece}"
-            );
-        }
     }
 
     #[test]
