@@ -369,7 +369,6 @@ impl ShardSupervisor {
         let node = &self.inner.config.node;
         let mut conn = self.conn().await?;
         let db = |_| EngineError::Unavailable;
-        let before = leases::lease_of(&mut conn, id.get()).await.map_err(db)?;
         match leases::acquire(
             &mut conn,
             id.get(),
@@ -380,8 +379,11 @@ impl ShardSupervisor {
         .await
         .map_err(db)?
         {
-            Some(lease) => {
-                if before.is_some_and(|b| b.node_id != node.node_id) {
+            Some(leases::Acquired {
+                lease,
+                previous_node,
+            }) => {
+                if previous_node.is_some_and(|p| p != node.node_id) {
                     self.inner.takeovers.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("s2o_lease_takeovers_total").increment(1);
                     tracing::info!(restaurant_id = %id, fence = lease.fence, "took over the restaurant's lease");

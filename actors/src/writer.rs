@@ -226,10 +226,16 @@ impl PersistenceWriter {
         let fut = async move {
             let started = Instant::now();
             let n = batch.len() as u64;
-            let (ops, replies): (Vec<(WriteOp, Fence)>, Vec<_>) =
-                batch.into_iter().map(|(op, reply, _)| (op, reply)).unzip();
-            let writes_outbox = ops.iter().any(|(op, _)| op.has_outbox());
-            let results = commit_with_fallback(&pool, batch_timeout, ops, &stats).await;
+            let mut ops = Vec::with_capacity(batch.len());
+            let mut fences = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for ((op, fence), reply, _) in batch {
+                ops.push(op);
+                fences.push(fence);
+                replies.push(reply);
+            }
+            let writes_outbox = ops.iter().any(WriteOp::has_outbox);
+            let results = commit_with_fallback(&pool, batch_timeout, ops, fences, &stats).await;
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.ops.fetch_add(n, Ordering::Relaxed);
             stats.largest_batch.fetch_max(n, Ordering::Relaxed);
@@ -324,28 +330,37 @@ impl WriteOp {
 async fn commit_with_fallback(
     pool: &DbPool,
     timeout: Duration,
-    ops: Vec<(WriteOp, Fence)>,
+    ops: Vec<WriteOp>,
+    fences: Vec<Fence>,
     stats: &WriterStats,
 ) -> Vec<Result<WriteOutcome, WriteError>> {
-    let err = match commit_batch(pool, timeout, &ops).await {
+    let err = match commit_batch(pool, timeout, &ops, &fences).await {
         Ok(results) => return results.into_iter().map(Ok).collect(),
         Err(BatchError::Fenced(out)) => {
             // Rolled back: the fenced ops are answered, the others written again without them.
-            let fenced: Vec<bool> = ops.iter().map(|(_, f)| out.contains(f)).collect();
+            let fenced: Vec<bool> = fences.iter().map(|f| out.contains(f)).collect();
             tracing::warn!(
                 ops = fenced.iter().filter(|f| **f).count(),
                 "writes refused: their restaurant's lease was taken over"
             );
-            let rest: Vec<(WriteOp, Fence)> = ops
+            let (rest, rest_fences): (Vec<WriteOp>, Vec<Fence>) = ops
                 .into_iter()
+                .zip(fences)
                 .zip(&fenced)
                 .filter(|(_, f)| !**f)
-                .map(|(op, _)| op)
-                .collect();
+                .map(|(op_fence, _)| op_fence)
+                .unzip();
             let mut rest = if rest.is_empty() {
                 Vec::new()
             } else {
-                Box::pin(commit_with_fallback(pool, timeout, rest, stats)).await
+                Box::pin(commit_with_fallback(
+                    pool,
+                    timeout,
+                    rest,
+                    rest_fences,
+                    stats,
+                ))
+                .await
             }
             .into_iter();
             return fenced
@@ -377,9 +392,9 @@ async fn commit_with_fallback(
             stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(ops = ops.len(), error = %err, "batch failed; retrying op by op");
             let mut out = Vec::with_capacity(ops.len());
-            for op in ops {
-                let one = std::slice::from_ref(&op);
-                out.push(match commit_batch(pool, timeout, one).await {
+            for (op, fence) in ops.iter().zip(&fences) {
+                let (one, its_fence) = (std::slice::from_ref(op), std::slice::from_ref(fence));
+                out.push(match commit_batch(pool, timeout, one, its_fence).await {
                     Ok(mut r) => Ok(r.remove(0)),
                     Err(BatchError::Fenced(_)) => Err(WriteError::Fenced),
                     Err(BatchError::Write(e)) => Err(e),
@@ -412,14 +427,15 @@ impl From<diesel::result::Error> for TxError {
 async fn commit_batch(
     pool: &DbPool,
     timeout: Duration,
-    ops: &[(WriteOp, Fence)],
+    ops: &[WriteOp],
+    fences: &[Fence],
 ) -> Result<Vec<WriteOutcome>, BatchError> {
     let work = async {
         let mut conn = pool
             .get()
             .await
             .map_err(|e| BatchError::Write(WriteError::Unavailable(e.to_string())))?;
-        conn.transaction(async |c| write_all(c, ops).await)
+        conn.transaction(async |c| write_all(c, ops, fences).await)
             .await
             .map_err(|e| match e {
                 TxError::Db(e) => BatchError::Write(classify(e)),
@@ -519,11 +535,9 @@ type Stmt<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = QueryResult<(
 /// which made the sequential version's batches several times slower than their SQL.
 async fn write_all(
     conn: &mut DbConn,
-    batch: &[(WriteOp, Fence)],
+    ops: &[WriteOp],
+    fences: &[Fence],
 ) -> Result<Vec<WriteOutcome>, TxError> {
-    let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| op.clone()).collect();
-    let ops = ops.as_slice();
-    let fences: Vec<Fence> = batch.iter().map(|(_, f)| *f).collect();
     let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
     let all_orders: Vec<(usize, &NewOrderBundle)> = ops
         .iter()
@@ -576,7 +590,7 @@ async fn write_all(
         // this transaction wrote is rolled back.
         let fenced = async {
             let mut c = shared;
-            leases::fences_out_of_force(&mut c, &fences).await
+            leases::fences_out_of_force(&mut c, fences).await
         };
         let (ids, ended, out) = futures_util::future::try_join3(inserts, check, fenced).await?;
         if !out.is_empty() {

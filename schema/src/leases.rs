@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
@@ -45,23 +47,35 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Takes the restaurant's lease for `node_id` for `ttl`, adding one to its fence. `None` when another
-/// node holds it (and `takeover` does not allow taking it) or the restaurant does not exist.
+/// A lease just taken, and the node that held it before (`None`: nobody ever had).
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct Acquired {
+    #[diesel(embed)]
+    pub lease: Lease,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub previous_node: Option<String>,
+}
+
+/// Takes the restaurant's lease for `node_id` for `ttl`, adding one to its fence, in one statement.
+/// `None` when another node holds it (and `takeover` does not allow taking it) or the restaurant does
+/// not exist ([`lease_of`] tells which).
 pub async fn acquire(
     conn: &mut DbConn,
     restaurant_id: Uuid,
     node_id: &str,
     ttl: Duration,
     takeover: Takeover,
-) -> QueryResult<Option<Lease>> {
+) -> QueryResult<Option<Acquired>> {
     diesel::sql_query(
-        "INSERT INTO restaurant_leases AS l (restaurant_id, node_id, fence, expires_at) \
+        "WITH previous AS (SELECT node_id FROM restaurant_leases WHERE restaurant_id = $1) \
+         INSERT INTO restaurant_leases AS l (restaurant_id, node_id, fence, expires_at) \
          SELECT $1, $2, 1, now() + $3 * interval '1 millisecond' \
          WHERE EXISTS (SELECT 1 FROM restaurants WHERE id = $1) \
          ON CONFLICT (restaurant_id) DO UPDATE \
          SET node_id = EXCLUDED.node_id, fence = l.fence + 1, expires_at = EXCLUDED.expires_at \
          WHERE $4 OR l.node_id = EXCLUDED.node_id OR l.expires_at <= now() \
-         RETURNING restaurant_id, node_id, fence, expires_at",
+         RETURNING restaurant_id, node_id, fence, expires_at, \
+         (SELECT node_id FROM previous) AS previous_node",
     )
     .bind::<SqlUuid, _>(restaurant_id)
     .bind::<Text, _>(node_id)

@@ -159,6 +159,8 @@ async fn a_fleet_takes_a_lease_over_only_when_it_expired_and_fences_only_grow() 
         .await
         .expect("sql")
         .expect("free lease taken");
+    assert_eq!(a.previous_node, None);
+    let a = a.lease;
     assert_eq!((a.node_id.as_str(), a.fence), ("node-a", 1));
     let held_a = Fence {
         restaurant_id: r.id,
@@ -187,7 +189,8 @@ async fn a_fleet_takes_a_lease_over_only_when_it_expired_and_fences_only_grow() 
         .await
         .expect("sql")
         .expect("released lease taken");
-    assert_eq!(b.fence, 2);
+    assert_eq!(b.previous_node.as_deref(), Some("node-a"));
+    assert_eq!(b.lease.fence, 2);
     assert!(leases::renew(&mut conn, "node-a", ttl)
         .await
         .expect("sql")
@@ -213,12 +216,13 @@ async fn a_fleet_takes_a_lease_over_only_when_it_expired_and_fences_only_grow() 
         .await
         .expect("sql")
         .expect("expired lease taken");
-    assert_eq!(a2.fence, 3);
+    assert_eq!(a2.lease.fence, 3);
     let b2 = leases::acquire(&mut conn, r.id, "node-b", ttl, Takeover::Always)
         .await
         .expect("sql")
         .expect("taken at once");
-    assert_eq!(b2.fence, 4);
+    assert_eq!(b2.previous_node.as_deref(), Some("node-a"));
+    assert_eq!(b2.lease.fence, 4);
 
     // No restaurant, no lease.
     let nobody = Uuid::new_v4();
