@@ -91,7 +91,7 @@ const state = {
   snapshots: 0,
   socketStatus: 'connecting',
   inSync: false, // a snapshot arrived on the socket that is open now
-  lastSyncAt: 0, // when the board last matched the server (a snapshot, an event, a poll)
+  lastSyncAt: 0, // when the board last matched the server (a snapshot, a resume, a poll)
   menuBusy: new Set(),
   acceptingBusy: false,
   disconnectedAt: 0,
@@ -371,10 +371,11 @@ function replaceTickets(orders, cueNew) {
 function handleMessage(msg) {
   switch (msg.type) {
     case 'hello':
+      // A resume replays what was missed right behind this hello; when the server cannot resume, its
+      // snapshot follows and replaces the board.
       if (msg.resumed) {
         state.inSync = true;
         state.lastSyncAt = Date.now();
-        renderSync();
         renderTickets();
       }
       break;

@@ -286,9 +286,9 @@ impl Handler<LeaseLost> for RestaurantActor {
     type Result = ();
 
     fn handle(&mut self, _: LeaseLost, ctx: &mut Context<Self>) {
+        tracing::warn!(restaurant_id = %self.id, fence = self.fence.fence, "lease lost; stopping");
+        self.subscribers.close_all(close_code::GOING_AWAY);
         if let Some(hook) = self.on_passivate.take() {
-            tracing::warn!(restaurant_id = %self.id, fence = self.fence.fence, "lease lost; stopping");
-            self.subscribers.close_all(close_code::GOING_AWAY);
             hook(PassivateReason::LeaseLost, self.menu.table_tokens());
         }
         ctx.stop();
