@@ -303,9 +303,8 @@ impl Settings {
             "cluster.node_id must be at most 64 letters, digits, '-', '_' or '.'"
         );
         anyhow::ensure!(
-            !self.cluster.enabled,
-            "cluster.enabled = true: this build runs restaurants under leases with fencing, but does not \
-             yet forward calls between nodes over NATS; run one node per database (enabled = false)"
+            !self.cluster.enabled || !self.cluster.nats_url.trim().is_empty(),
+            "cluster.enabled = true needs cluster.nats_url"
         );
         if self.whatsapp.mode == WhatsAppMode::Cloud {
             anyhow::ensure!(
@@ -394,8 +393,8 @@ impl Settings {
     }
 
     /// This node's id and leases.
-    pub fn node(&self) -> scan2order_actors::ownership::NodeConfig {
-        use scan2order_actors::ownership::{generated_node_id, NodeConfig};
+    pub fn node(&self) -> scan2order_actors::cluster::ownership::NodeConfig {
+        use scan2order_actors::cluster::ownership::{generated_node_id, NodeConfig};
         use scan2order_schema::leases::Takeover;
         NodeConfig {
             node_id: if self.cluster.node_id.is_empty() {

@@ -160,6 +160,34 @@ impl SessionCaches {
     }
 }
 
+/// Applies other nodes' news to this node's caches, so a session that ended anywhere in the fleet is
+/// refused here at once (not after the cache's TTL). Notices missed while the node fell behind clear
+/// the staff cache: it refills from Postgres.
+pub async fn follow_fleet(
+    caches: std::sync::Arc<SessionCaches>,
+    mut notices: tokio::sync::broadcast::Receiver<scan2order_actors::cluster::fleet::Notice>,
+) {
+    use scan2order_actors::cluster::fleet::Notice;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match notices.recv().await {
+            Ok(Notice::StaffSessionEnded { token_hash }) => {
+                let hash: Option<Vec<u8>> = (0..token_hash.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(token_hash.get(i..i + 2)?, 16).ok())
+                    .collect();
+                if let Some(key) = hash.as_deref().and_then(key_of) {
+                    caches.staff.remove(&key);
+                }
+            }
+            Ok(Notice::StaffUserEnded { staff_id, .. }) => caches.end_staff_user(staff_id.get()),
+            Ok(Notice::TokensDied { .. }) => {}
+            Err(RecvError::Lagged(_)) => caches.staff.remove_where(|_| true),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

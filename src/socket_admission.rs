@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use actix_web::web;
-use scan2order_actors::restaurant::{Audience, EngineError, RestaurantActor};
+use scan2order_actors::restaurant::{Audience, EngineError};
+use scan2order_actors::room::Room;
 use scan2order_actors::session::{SessionSettings, SocketSession};
 use scan2order_actors::sink::{close_code, SocketSink};
 use scan2order_schema::domain::StaffId;
@@ -92,7 +92,7 @@ impl SocketQuery {
 
 /// Everything a new session needs besides the socket.
 pub struct SessionSpec {
-    pub restaurant: Addr<RestaurantActor>,
+    pub restaurant: Room,
     pub audience: Audience,
     pub table_token: Option<String>,
     pub staff: Option<StaffId>,
@@ -184,7 +184,7 @@ pub async fn resolve(
             let Ok(restaurant_id) = staff.kitchen_restaurant(asked) else {
                 return Ok(Decision::Refuse(close_code::POLICY, "not your restaurant"));
             };
-            match ctx.engine.restaurant(restaurant_id).await {
+            match ctx.engine.room(restaurant_id).await {
                 Ok(restaurant) => Ok(Decision::Start(SessionSpec {
                     restaurant,
                     audience: Audience::Kitchen,

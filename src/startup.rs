@@ -12,6 +12,7 @@ use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App};
+use scan2order_actors::cluster::bus::{Bus, BusConfig};
 use scan2order_actors::notifier::NotifierActor;
 use scan2order_actors::restaurant::RestaurantConfig;
 use scan2order_actors::shard::{EngineConfig, ShardSupervisor};
@@ -79,6 +80,16 @@ impl Application {
             },
             outbox_wake.clone(),
         );
+        if settings.cluster.enabled {
+            let bus = Bus::connect(&BusConfig {
+                url: settings.cluster.nats_url.clone(),
+                subject_prefix: settings.cluster.subject_prefix.clone(),
+                node_id: engine.node_id().to_string(),
+            })
+            .await?;
+            engine.join_fleet(bus);
+            tracing::info!(node_id = engine.node_id(), nats = %settings.cluster.nats_url, "joined the fleet");
+        }
         let sender = whatsapp::sender_from(&settings.whatsapp)?;
         let notifier_arbiter = Arbiter::new();
         {
@@ -103,6 +114,12 @@ impl Application {
                 settings.auth.session_cache_entries,
             )),
         };
+        if let Some(notices) = ctx.engine.fleet_notices() {
+            actix::spawn(crate::session_cache::follow_fleet(
+                ctx.sessions.clone(),
+                notices,
+            ));
+        }
         let listener = bind(settings.http.host.as_str(), settings.http.port)?;
         let port = listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;

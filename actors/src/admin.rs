@@ -14,7 +14,7 @@ use scan2order_schema::DbConn;
 use uuid::Uuid;
 
 /// Restaurant fields an admin may change; `None` leaves a field alone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RestaurantPatch {
     pub name: Option<String>,
     pub currency: Option<String>,
@@ -24,7 +24,7 @@ pub struct RestaurantPatch {
     pub ticket_late_after_s: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ItemFields {
     pub category_id: Option<Uuid>,
     pub name: Option<String>,
@@ -36,7 +36,7 @@ pub struct ItemFields {
 }
 
 /// One admin change, already validated field by field by the HTTP layer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum AdminChange {
     UpdateRestaurant(RestaurantPatch),
     CreateCategory {
@@ -76,7 +76,7 @@ pub enum AdminChange {
 }
 
 /// What an admin change produced.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum AdminOutcome {
     Restaurant(Restaurant),
     Category(MenuCategory),
@@ -85,13 +85,13 @@ pub enum AdminOutcome {
     Deleted,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum AdminError {
     #[error("not found")]
     NotFound,
-    /// A 409 with its protocol code (`label_taken`, `not_empty`).
+    /// A 409 with its protocol code.
     #[error("{1}")]
-    Conflict(&'static str, String),
+    Conflict(AdminConflict, String),
     /// A 400 naming the field.
     #[error("{0}")]
     Invalid(String),
@@ -103,6 +103,25 @@ pub enum AdminError {
     Fenced,
 }
 
+/// Why an admin change conflicts with what is stored (a 409's code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AdminConflict {
+    /// Another table of the restaurant has that label.
+    LabelTaken,
+    /// The category still has items.
+    NotEmpty,
+}
+
+impl AdminConflict {
+    /// The protocol code.
+    pub fn code(self) -> &'static str {
+        match self {
+            AdminConflict::LabelTaken => "label_taken",
+            AdminConflict::NotEmpty => "not_empty",
+        }
+    }
+}
+
 impl From<diesel::result::Error> for AdminError {
     fn from(e: diesel::result::Error) -> AdminError {
         use diesel::result::{DatabaseErrorKind, Error};
@@ -112,7 +131,7 @@ impl From<diesel::result::Error> for AdminError {
                 if info.constraint_name() == Some("restaurant_tables_label") =>
             {
                 AdminError::Conflict(
-                    "label_taken",
+                    AdminConflict::LabelTaken,
                     "a table with this label exists already".into(),
                 )
             }
@@ -292,7 +311,7 @@ async fn apply_in(
                 .await?;
             if items > 0 {
                 return Err(AdminError::Conflict(
-                    "not_empty",
+                    AdminConflict::NotEmpty,
                     "the category still has items; move or delete them first".into(),
                 ));
             }
@@ -304,7 +323,7 @@ async fn apply_in(
                 .await?;
             if deleted_items > 0 {
                 return Err(AdminError::Conflict(
-                    "not_empty",
+                    AdminConflict::NotEmpty,
                     "the category is referenced by deleted items kept for order history".into(),
                 ));
             }

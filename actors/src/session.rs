@@ -13,9 +13,8 @@ use actix::prelude::*;
 use scan2order_schema::domain::StaffId;
 use scan2order_schema::wire::{ClientMsg, ServerMsg};
 
-use crate::restaurant::{
-    Audience, ChangeStatus, EngineError, RestaurantActor, SayHello, Subscribe, Unsubscribe,
-};
+use crate::restaurant::{Audience, ChangeStatus, EngineError, SayHello, Subscribe, Unsubscribe};
+use crate::room::Room;
 use crate::sink::{close_code, Outgoing, SocketSink};
 
 /// Timing and limits of every socket session.
@@ -56,7 +55,7 @@ pub enum Inbound {
 }
 
 pub struct SocketSession {
-    restaurant: Addr<RestaurantActor>,
+    restaurant: Room,
     audience: Audience,
     table_token: Option<String>,
     staff: Option<StaffId>,
@@ -74,7 +73,7 @@ pub struct SocketSession {
 impl SocketSession {
     /// A session for `audience`; `resume` when the client put `epoch`/`since` in the URL.
     pub fn new(
-        restaurant: Addr<RestaurantActor>,
+        restaurant: Room,
         audience: Audience,
         table_token: Option<String>,
         staff: Option<StaffId>,
@@ -112,9 +111,9 @@ impl SocketSession {
             resume: self.resume.take(),
             hello,
         };
+        let room = self.restaurant.clone();
         ctx.wait(
-            self.restaurant
-                .send(msg)
+            async move { room.subscribe(msg).await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.subscribing = false;
@@ -192,9 +191,9 @@ impl SocketSession {
                     by: self.staff,
                     session: None,
                 };
+                let room = self.restaurant.clone();
                 ctx.spawn(
-                    self.restaurant
-                        .send(msg)
+                    async move { room.change_status(msg).await }
                         .into_actor(self)
                         .map(move |res, act, _| match res {
                             Ok(Ok(_)) => act.send(&ServerMsg::Ack { request_id }),
@@ -250,7 +249,7 @@ impl Actor for SocketSession {
         if self.resume.is_some() {
             self.subscribe(ctx, true);
         } else {
-            self.restaurant.do_send(SayHello {
+            self.restaurant.say_hello(SayHello {
                 sink: self.sink.clone(),
             });
             ctx.run_later(self.settings.resume_grace, |act, ctx| {
@@ -279,7 +278,7 @@ impl Actor for SocketSession {
         metrics::gauge!("s2o_sockets", "kind" => self.kind()).decrement(1.0);
         metrics::counter!("s2o_socket_disconnects_total", "kind" => self.kind()).increment(1);
         if let Some(id) = self.subscription.take() {
-            self.restaurant.do_send(Unsubscribe {
+            self.restaurant.unsubscribe(Unsubscribe {
                 id,
                 audience: self.audience,
             });

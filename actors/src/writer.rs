@@ -50,7 +50,7 @@ pub struct NewOrderBundle {
 /// A session to confirm inside the transaction that writes what it authorised (the request was
 /// authenticated from the server's session cache, not from the database). The op is written only if the
 /// session still exists and has not expired; otherwise its outcome is [`WriteOutcome::SessionEnded`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SessionCheck {
     /// SHA-256 of a customer token (`customer_sessions.token_hash`).
     Customer(Vec<u8>),

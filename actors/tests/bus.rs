@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use scan2order_actors::bus::{Bus, BusConfig};
+use scan2order_actors::cluster::bus::{Bus, BusConfig};
 use support::nats::NatsServer;
 
 const PATIENCE: Duration = Duration::from_secs(15);

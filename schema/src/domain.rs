@@ -176,8 +176,8 @@ impl FromStr for OrderStatus {
 }
 
 /// A phone number in E.164: `+` then 8–15 digits, the first not zero.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Phone(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -232,6 +232,14 @@ pub fn mask_phone(phone: &str) -> String {
     let head: String = digits[..2].iter().collect();
     let tail: String = digits[digits.len() - 3..].iter().collect();
     format!("+{head}{}{tail}", "•".repeat(digits.len() - 5))
+}
+
+impl TryFrom<String> for Phone {
+    type Error = InvalidPhone;
+
+    fn try_from(raw: String) -> Result<Phone, InvalidPhone> {
+        Phone::parse(&raw)
+    }
 }
 
 impl fmt::Debug for Phone {

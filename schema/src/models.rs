@@ -14,7 +14,16 @@ use crate::DbConn;
 
 pub type QueryResult<T> = Result<T, diesel::result::Error>;
 
-#[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(
+    Clone,
+    Debug,
+    Queryable,
+    Selectable,
+    Insertable,
+    AsChangeset,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = restaurants)]
 pub struct Restaurant {
     pub id: Uuid,
@@ -115,7 +124,7 @@ impl Restaurant {
     }
 }
 
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = menu_categories)]
 pub struct MenuCategory {
     pub id: Uuid,
@@ -142,7 +151,7 @@ impl MenuCategory {
     }
 }
 
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = menu_items)]
 pub struct MenuItem {
     pub id: Uuid,
@@ -183,7 +192,7 @@ impl MenuItem {
     }
 }
 
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = restaurant_tables)]
 pub struct RestaurantTable {
     pub id: Uuid,

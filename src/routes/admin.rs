@@ -11,7 +11,7 @@ use diesel_async::RunQueryDsl;
 use scan2order_actors::admin::{
     AdminChange, AdminError, AdminOutcome, ItemFields, RestaurantPatch,
 };
-use scan2order_actors::restaurant::{ApplyAdminChange, CloseStaffSockets};
+use scan2order_actors::restaurant::ApplyAdminChange;
 use scan2order_schema::domain::{is_clean_text, RestaurantId, StaffId};
 use scan2order_schema::models::{
     MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffSession, StaffUserRow,
@@ -256,7 +256,7 @@ impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> ApiError {
         match e {
             AdminError::NotFound => ApiError::not_found(),
-            AdminError::Conflict(code, message) => ApiError::conflict(code, message),
+            AdminError::Conflict(code, message) => ApiError::conflict(code.code(), message),
             AdminError::Invalid(message) => ApiError::invalid(message),
             AdminError::Unavailable | AdminError::Fenced => ApiError::unavailable(),
         }
@@ -385,7 +385,7 @@ async fn restaurant_row(ctx: &AppContext, rid: Uuid) -> ApiResult<Restaurant> {
 async fn change(ctx: &AppContext, rid: Uuid, change: AdminChange) -> ApiResult<AdminOutcome> {
     let id = RestaurantId::from(rid);
     let applied = ctx.engine.ask(id, ApplyAdminChange(change)).await??;
-    ctx.engine.forget_tokens(&applied.dead_tokens);
+    ctx.engine.forget_tokens(&applied.dead_tokens).await;
     ctx.engine.remember_tables(id, &applied.new_tables);
     Ok(applied.outcome)
 }
@@ -964,11 +964,9 @@ async fn end_sessions(ctx: &AppContext, rid: Uuid, uid: Uuid) -> ApiResult<()> {
     let mut conn = ctx.pool.get().await?;
     StaffSession::delete_for_user(&mut conn, uid).await?;
     ctx.sessions.end_staff_user(uid);
-    if let Some(addr) = ctx.engine.active_restaurant(RestaurantId::from(rid)) {
-        addr.do_send(CloseStaffSockets {
-            staff: StaffId::from(uid),
-        });
-    }
+    ctx.engine
+        .staff_user_ended(RestaurantId::from(rid), StaffId::from(uid))
+        .await;
     Ok(())
 }
 

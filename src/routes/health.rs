@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (the database answers and every shard runs).
+//! `/healthz` (the process answers) and `/readyz` (the database answers, every shard runs, and in a
+//! fleet NATS answers).
 
 use std::time::Duration;
 
@@ -35,15 +36,26 @@ async fn database_answers(ctx: &AppContext) -> bool {
 async fn readyz(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
     let database = database_answers(&ctx).await;
     let shards = ctx.engine.shards_running() && !ctx.engine.draining();
-    if database && shards {
-        Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": true, "shards": true})))
+    // In a fleet, a node cut off from NATS can neither forward nor relay.
+    let bus = ctx.engine.bus_ready(READY_TIMEOUT).await;
+    if database && shards && bus != Some(false) {
+        let mut body = json!({"status": "ready", "database": true, "shards": true});
+        if bus.is_some() {
+            body["nats"] = json!(true);
+        }
+        Ok(HttpResponse::Ok().json(body))
     } else {
         Err(ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!(
-                "not ready: database {}, shards {}",
+                "not ready: database {}, nats {}, shards {}",
                 if database { "up" } else { "down" },
+                match bus {
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "not used",
+                },
                 if shards {
                     "running"
                 } else if ctx.engine.draining() {

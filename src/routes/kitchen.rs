@@ -141,6 +141,7 @@ async fn logout(
     let mut conn = ctx.pool.get().await?;
     StaffSession::delete(&mut conn, &token_hash(&token)).await?;
     ctx.sessions.end_staff_session(&token);
+    ctx.engine.staff_session_ended(&token_hash(&token)).await;
     tracing::info!(user_id = %staff.id, "staff signed out");
     Ok(HttpResponse::NoContent()
         .cookie(session_cookie(

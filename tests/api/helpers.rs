@@ -412,7 +412,45 @@ impl Drop for TestApp {
         if let Some(h) = self.handle.take() {
             h.stop_now();
         }
-        drop_database(self.db_name.clone());
+        // The other nodes of a fleet share the first node's database.
+        if !self.db_name.is_empty() {
+            drop_database(self.db_name.clone());
+        }
+    }
+}
+
+/// Nodes of one fleet on one fresh database and a private `nats-server`; node 0 owns the database.
+pub struct TestFleet {
+    pub nodes: Vec<TestApp>,
+    pub nats: crate::nats::NatsServer,
+}
+
+/// A fleet of `n` nodes (`cluster.enabled`, short leases), each started like [`spawn_app_with`].
+pub async fn spawn_fleet(n: usize, tune: impl Fn(&mut Settings)) -> TestFleet {
+    scan2order::install_crypto_provider();
+    let nats = crate::nats::NatsServer::start();
+    let db_name = fresh_database().await;
+    let wa = FakeWhatsApp::start().await;
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut settings = test_settings(&db_name, &wa);
+        settings.cluster.enabled = true;
+        settings.cluster.nats_url = nats.url();
+        settings.cluster.node_id = format!("node-{i}");
+        settings.cluster.lease_ttl_ms = 1_000;
+        tune(&mut settings);
+        let mut node = start_on(db_name.clone(), wa.clone(), settings).await;
+        if i > 0 {
+            node.db_name = String::new();
+        }
+        nodes.push(node);
+    }
+    TestFleet { nodes, nats }
+}
+
+impl TestFleet {
+    pub fn node(&self, i: usize) -> &TestApp {
+        &self.nodes[i]
     }
 }
 
@@ -751,6 +789,18 @@ impl TestApp {
 
     pub async fn table_socket(&self, table_token: &str, query: &str) -> WsClient {
         WsClient::connect(&self.ws_url(&format!("/ws/table/{table_token}{query}"))).await
+    }
+}
+
+/// Polls `probe` (engine state, not wall time) until it holds, within [`PATIENCE`].
+pub async fn until(what: &str, mut probe: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !probe().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -2,10 +2,13 @@
 
 mod helpers;
 mod hostile_text;
+#[path = "../../actors/tests/support/nats.rs"]
+mod nats;
 
 mod admin;
 mod admin_ordering;
 mod attacks;
+mod cluster;
 mod concurrency;
 mod durability;
 mod errors;

@@ -7,19 +7,7 @@ use scan2order_schema::domain::RestaurantId;
 use scan2order_schema::wire::ServerMsg;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp, PATIENCE};
-
-/// Polls `probe` (engine state, not wall time) until it holds, within [`PATIENCE`].
-async fn until(what: &str, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !probe().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::helpers::{spawn_app, spawn_app_with, until, TestApp};
 
 async fn scrape(app: &TestApp) -> String {
     let res = app

@@ -18,15 +18,14 @@ use uuid::Uuid;
 
 use super::RestaurantActor;
 use crate::admin::{self, AdminChange, AdminError, AdminOutcome};
-use crate::sink::close_code;
 
 /// An admin change applied by the owner of the restaurant.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<AdminApplied, AdminError>")]
 pub struct ApplyAdminChange(pub AdminChange);
 
 /// The outcome, and the table tokens that died or appeared (for the token directory).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdminApplied {
     pub outcome: AdminOutcome,
     pub dead_tokens: Vec<String>,
@@ -104,15 +103,18 @@ impl RestaurantActor {
         let live_token =
             |t: &RestaurantTable| (t.active && t.deleted_at.is_none()).then(|| t.token.clone());
         let mut dead = Vec::new();
+        let mut closed = Vec::new();
         for (id, old) in &self.menu.tables {
             let Some(old_token) = live_token(old) else {
                 continue;
             };
             if new_tables.get(id).and_then(live_token).as_deref() != Some(old_token.as_str()) {
                 dead.push(old_token);
-                self.subscribers
-                    .close_table(TableId::from(*id), close_code::POLICY);
+                closed.push(TableId::from(*id));
             }
+        }
+        for table in closed {
+            self.close_table(table);
         }
         let mut added = Vec::new();
         for (id, t) in &new_tables {

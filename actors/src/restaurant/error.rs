@@ -4,7 +4,7 @@ use scan2order_schema::domain::{MenuItemId, OrderStatus};
 
 /// What went wrong with a request to a restaurant. Mapped to HTTP and socket errors in one place
 /// (`scan2order::error`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum EngineError {
     /// Nothing of this kind by that id or token (in this restaurant).
     #[error("{}", .0.sentence())]
@@ -43,7 +43,7 @@ impl EngineError {
 }
 
 /// What a [`EngineError::NotFound`] did not find: its answer names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Missing {
     Restaurant,
     Table,

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use scan2order_schema::domain::TableId;
 
 /// Who a subscriber is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Audience {
     /// A kitchen dashboard: every order of the restaurant.
     Kitchen,
@@ -71,6 +71,14 @@ impl EventRing {
             events: VecDeque::with_capacity(capacity.min(1024)),
             capacity,
         }
+    }
+
+    /// An empty ring that continues another's numbering: the next event pushed is `seq + 1` (a relay
+    /// following an owner's stream from a snapshot taken at `seq`).
+    pub fn continuing(epoch: String, seq: u64, capacity: usize) -> Self {
+        let mut ring = EventRing::with_epoch(epoch, capacity);
+        ring.seq = seq;
+        ring
     }
 
     pub fn epoch(&self) -> &str {

@@ -41,7 +41,12 @@ impl Subscribers {
     }
 
     /// Registers a socket; its subscription id.
-    fn add(&mut self, sink: SocketSink, audience: Audience, staff: Option<StaffId>) -> u64 {
+    pub(crate) fn add(
+        &mut self,
+        sink: SocketSink,
+        audience: Audience,
+        staff: Option<StaffId>,
+    ) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         match audience {
@@ -58,7 +63,7 @@ impl Subscribers {
         id
     }
 
-    fn remove(&mut self, id: u64, audience: Audience) {
+    pub(crate) fn remove(&mut self, id: u64, audience: Audience) {
         match audience {
             Audience::Kitchen => {
                 self.kitchen.remove(&id);
@@ -99,6 +104,29 @@ impl Subscribers {
         self.tables.retain(|_, subs| !subs.is_empty());
     }
 
+    /// Every audience with a socket here (a relay asks the owner for their snapshots).
+    pub(crate) fn audiences(&self) -> Vec<Audience> {
+        let kitchen = (!self.kitchen.is_empty()).then_some(Audience::Kitchen);
+        kitchen
+            .into_iter()
+            .chain(self.tables.keys().map(|t| Audience::Table(*t)))
+            .collect()
+    }
+
+    /// Delivers a text to the sockets of one audience only (a relay's fresh snapshot).
+    pub(crate) fn send_to(&mut self, audience: Audience, text: &ByteString) {
+        match audience {
+            Audience::Kitchen => self
+                .kitchen
+                .retain(|_, sink| sink.send_text(text.clone()).is_ok()),
+            Audience::Table(t) => {
+                if let Some(subs) = self.tables.get_mut(&t) {
+                    subs.retain(|_, sink| sink.send_text(text.clone()).is_ok());
+                }
+            }
+        }
+    }
+
     /// Closes the sockets of one table with `code` (its token died).
     pub(crate) fn close_table(&mut self, table: TableId, code: u16) {
         if let Some(subs) = self.tables.remove(&table) {
@@ -108,7 +136,7 @@ impl Subscribers {
         }
     }
 
-    pub(super) fn close_all(&mut self, code: u16) {
+    pub(crate) fn close_all(&mut self, code: u16) {
         for sink in self.kitchen.values() {
             sink.close(code);
         }
@@ -122,7 +150,7 @@ impl Subscribers {
         self.tables.clear();
     }
 
-    fn close_staff(&mut self, staff: StaffId, code: u16) {
+    pub(crate) fn close_staff(&mut self, staff: StaffId, code: u16) {
         let ids: Vec<u64> = self
             .kitchen_staff
             .iter()
@@ -139,6 +167,18 @@ impl Subscribers {
 }
 
 impl RestaurantActor {
+    /// The snapshot an audience gets at the current `(epoch, seq)`.
+    fn snapshot_text(&self, audience: Audience) -> Result<String, EngineError> {
+        let snapshot = ServerMsg::Snapshot {
+            epoch: self.ring.epoch().to_string(),
+            seq: self.ring.seq(),
+            orders: self.orders.snapshot(audience),
+            menu_version: Some(self.menu.info.menu_version.to_string()),
+            accepting_orders: Some(self.menu.info.accepting_orders),
+        };
+        serde_json::to_string(&snapshot).map_err(|_| EngineError::Unavailable)
+    }
+
     fn push_hello(&self, sink: &SocketSink) {
         let hello = ServerMsg::Hello {
             epoch: self.ring.epoch().to_string(),
@@ -211,21 +251,61 @@ impl Handler<Subscribe> for RestaurantActor {
                 }
             }
             None => {
-                let snapshot = ServerMsg::Snapshot {
-                    epoch: self.ring.epoch().to_string(),
-                    seq: self.ring.seq(),
-                    orders: self.orders.snapshot(msg.audience),
-                    menu_version: Some(self.menu.info.menu_version.to_string()),
-                    accepting_orders: Some(self.menu.info.accepting_orders),
-                };
-                let text =
-                    serde_json::to_string(&snapshot).map_err(|_| EngineError::Unavailable)?;
+                let text = self.snapshot_text(msg.audience)?;
                 if msg.sink.send_text(text.into()).is_err() {
                     return Ok(0);
                 }
             }
         }
         Ok(self.subscribers.add(msg.sink, msg.audience, msg.staff))
+    }
+}
+
+/// What a relay on another node asks to follow the restaurant's stream: the current `(epoch, seq)` and,
+/// for each audience it names (a table with the token its sockets connected with), the snapshot at that
+/// number. The owner answers from memory, in one step, so every snapshot and the number agree.
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
+#[rtype(result = "Result<RelaySynced, EngineError>")]
+pub struct RelaySync {
+    pub audiences: Vec<(Audience, Option<String>)>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RelaySynced {
+    pub epoch: String,
+    pub seq: u64,
+    /// The node that answered (the owner).
+    pub node_id: Option<String>,
+    /// One per audience asked, in order; `None` for a table whose token is no longer its current one.
+    pub snapshots: Vec<Option<String>>,
+}
+
+impl Handler<RelaySync> for RestaurantActor {
+    type Result = Result<RelaySynced, EngineError>;
+
+    fn handle(&mut self, msg: RelaySync, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let snapshots = msg
+            .audiences
+            .iter()
+            .map(|(audience, token)| match audience {
+                Audience::Table(t)
+                    if self
+                        .menu
+                        .table_for(*t, token.as_deref().unwrap_or_default())
+                        .is_none() =>
+                {
+                    Ok(None)
+                }
+                _ => self.snapshot_text(*audience).map(Some),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RelaySynced {
+            epoch: self.ring.epoch().to_string(),
+            seq: self.ring.seq(),
+            node_id: self.tap.as_ref().map(|t| t.node_id().to_string()),
+            snapshots,
+        })
     }
 }
 

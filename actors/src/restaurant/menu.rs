@@ -190,7 +190,7 @@ impl Menu {
 }
 
 /// The kitchen marks a dish sold out or back.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<wire::MenuItemView, EngineError>")]
 pub struct SetAvailability {
     pub item_id: MenuItemId,
@@ -245,7 +245,7 @@ impl Handler<SetAvailability> for RestaurantActor {
 }
 
 /// The kitchen pauses or resumes ordering.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<RestaurantKitchen, EngineError>")]
 pub struct SetAccepting {
     pub accepting: bool,
@@ -283,13 +283,14 @@ impl Handler<SetAccepting> for RestaurantActor {
 }
 
 /// The guest menu of one table, served from memory: JSON body and `ETag`.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<TableMenuAnswer, EngineError>")]
 pub struct GetTableMenu {
     pub table_id: TableId,
     pub table_token: String,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct TableMenuAnswer {
     pub etag: String,
     pub body: String,
@@ -312,7 +313,7 @@ impl Handler<GetTableMenu> for RestaurantActor {
 }
 
 /// The restaurant as its kitchen sees it, with the full menu (extension for the kitchen display).
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "String")]
 pub struct GetKitchenInfo;
 

@@ -38,19 +38,22 @@ use scan2order_schema::leases::Fence;
 use scan2order_schema::wire::ServerMsg;
 use scan2order_schema::DbPool;
 
+use crate::cluster::frames::{EventTap, FrameHead};
 use crate::sink::close_code;
 use crate::writer::{PersistenceWriter, Write, WriteError, WriteOp, WriteOutcome};
 
 pub use admin::{AdminApplied, ApplyAdminChange};
 pub use error::{EngineError, Missing};
 pub use event_ring::Audience;
-pub use fanout::{CloseAll, CloseStaffSockets, SayHello, Subscribe, Unsubscribe};
+pub use fanout::{
+    CloseAll, CloseStaffSockets, RelaySync, RelaySynced, SayHello, Subscribe, Unsubscribe,
+};
 pub use load::LoadedRestaurant;
 pub use menu::{GetKitchenInfo, GetTableMenu, SetAccepting, SetAvailability, TableMenuAnswer};
 pub use orders::{ChangeStatus, GetLiveOrders, PlaceOrder, PlacedOrder};
 
-use event_ring::EventRing;
-use fanout::Subscribers;
+pub(crate) use event_ring::EventRing;
+pub(crate) use fanout::Subscribers;
 use menu::Menu;
 use order_book::OrderBook;
 use orders::PendingKeys;
@@ -84,6 +87,8 @@ pub enum PassivateReason {
     Idle,
     /// Another node owns it now.
     LeaseLost,
+    /// The node is shutting down and released its leases.
+    HandedOver,
 }
 
 /// Called by a restaurant that stops on its own, with its table tokens, so the registry forgets it.
@@ -121,6 +126,8 @@ pub struct RestaurantActor {
     idle_checks: u64,
     /// Tells the registry this restaurant stopped for idleness; taken when it fires.
     on_passivate: Option<PassivateHook>,
+    /// In a fleet: where every event also goes, once, for the nodes relaying it to their sockets.
+    tap: Option<EventTap>,
 }
 
 /// How a write sent to the persistence writer ended, as the restaurant acts on it.
@@ -179,6 +186,7 @@ impl RestaurantActor {
             handled: 0,
             idle_checks: 0,
             on_passivate: None,
+            tap: None,
         }
     }
 
@@ -189,6 +197,12 @@ impl RestaurantActor {
     /// What to call when this restaurant stops for idleness.
     pub fn with_passivate_hook(mut self, hook: PassivateHook) -> Self {
         self.on_passivate = Some(hook);
+        self
+    }
+
+    /// Publishes every event to the fleet too (cluster mode).
+    pub fn with_tap(mut self, tap: EventTap) -> Self {
+        self.tap = Some(tap);
         self
     }
 
@@ -244,8 +258,28 @@ impl RestaurantActor {
                 return;
             }
         };
-        self.ring.push(table, text.clone());
+        let seq = self.ring.push(table, text.clone());
         self.subscribers.send(table, &text);
+        if let Some(tap) = &self.tap {
+            let head = FrameHead::Event {
+                e: self.ring.epoch().to_string(),
+                s: seq,
+                t: table,
+            };
+            tap.send(self.id, &head, text.as_bytes());
+        }
+    }
+
+    /// Closes a table's sockets with 1008 (its token died), here and on every relaying node.
+    fn close_table(&mut self, table: TableId) {
+        self.subscribers.close_table(table, close_code::POLICY);
+        if let Some(tap) = &self.tap {
+            let head = FrameHead::CloseTable {
+                e: self.ring.epoch().to_string(),
+                t: table,
+            };
+            tap.send(self.id, &head, b"");
+        }
     }
 }
 
@@ -271,6 +305,23 @@ impl Actor for RestaurantActor {
             }
         });
         tracing::info!(restaurant_id = %self.id, epoch = %self.ring.epoch(), live = self.orders.len(), "restaurant active");
+        if let Some(tap) = &self.tap {
+            let head = FrameHead::Epoch {
+                e: self.ring.epoch().to_string(),
+                s: self.ring.seq(),
+                node: tap.node_id().to_string(),
+            };
+            tap.send(self.id, &head, b"");
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(tap) = &self.tap {
+            let head = FrameHead::Gone {
+                e: self.ring.epoch().to_string(),
+            };
+            tap.send(self.id, &head, b"");
+        }
     }
 }
 
@@ -290,6 +341,24 @@ impl Handler<LeaseLost> for RestaurantActor {
         self.subscribers.close_all(close_code::GOING_AWAY);
         if let Some(hook) = self.on_passivate.take() {
             hook(PassivateReason::LeaseLost, self.menu.table_tokens());
+        }
+        ctx.stop();
+    }
+}
+
+/// The node shuts down and has released the restaurant's lease: the actor closes its sockets with
+/// 1001, tells relaying nodes it is gone (so they ask the next owner at once) and stops.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct HandOver;
+
+impl Handler<HandOver> for RestaurantActor {
+    type Result = ();
+
+    fn handle(&mut self, _: HandOver, ctx: &mut Context<Self>) {
+        self.subscribers.close_all(close_code::GOING_AWAY);
+        if let Some(hook) = self.on_passivate.take() {
+            hook(PassivateReason::HandedOver, self.menu.table_tokens());
         }
         ctx.stop();
     }

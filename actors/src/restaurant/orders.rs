@@ -22,7 +22,7 @@ use crate::notifier::MessageKind;
 use crate::writer::{NewOrderBundle, SessionCheck, WriteOp, WriteOutcome};
 
 /// An order as committed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PlacedOrder {
     /// The order with the guest's own phone (for the guest who placed it).
     pub order: wire::Order,
@@ -100,7 +100,7 @@ impl RestaurantActor {
 }
 
 /// A guest places an order. Answered after the commit, with the order as stored.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<PlacedOrder, EngineError>")]
 pub struct PlaceOrder {
     pub table_id: TableId,
@@ -240,7 +240,7 @@ impl Handler<PlaceOrder> for RestaurantActor {
 }
 
 /// The kitchen moves an order along. Answered with the order (phone masked) after the commit.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<wire::Order, EngineError>")]
 pub struct ChangeStatus {
     pub order_id: OrderId,
@@ -331,7 +331,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
 }
 
 /// The kitchen's live orders, oldest first, phones masked.
-#[derive(Message, Clone)]
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Vec<wire::Order>")]
 pub struct GetLiveOrders;
 

@@ -5,16 +5,16 @@
 //! finds an active restaurant with a lock-free lookup; a miss activates it exactly once, however many
 //! requests race for it (they all wait for the one activation and get the same address).
 //!
-//! Handlers reach restaurants only through [`ShardSupervisor::restaurant`] and
-//! [`ShardSupervisor::resolve_table`], the seam where a remote (cluster) address can slot in later.
+//! Handlers reach restaurants only through [`ShardSupervisor::ask`], [`ShardSupervisor::room`] and
+//! [`ShardSupervisor::resolve_table`]: the seam where, in a fleet, the restaurant is the local actor or
+//! its owner on another node ([`route`]: commands forwarded, events relayed). Handlers do not change.
 //!
-//! A restaurant is activated only under its lease ([`crate::ownership`]): the lease is taken before the
-//! restaurant is read, so the actor starts from everything the previous owner committed, and its
-//! writes carry the lease's fence.
+//! A restaurant is activated only under its lease ([`crate::cluster::ownership`], [`lease_keeper`]):
+//! the lease is taken before the restaurant is read, so the actor starts from everything the previous
+//! owner committed, and its writes carry the lease's fence. [`stats`]: what the shards report.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -26,16 +26,27 @@ use scan2order_schema::models::RestaurantTable;
 use scan2order_schema::{DbConn, DbPool};
 use tokio::sync::{Notify, OnceCell};
 
-use crate::ownership::{NodeConfig, Started};
+use crate::cluster::fleet::{Fleet, Notice};
+use crate::cluster::ownership::{NodeConfig, Started};
+use crate::cluster::relay::RelayActor;
 use crate::restaurant::{
-    CloseAll, EngineError, GetStats, LeaseLost, LoadedRestaurant, Missing, PassivateHook,
-    PassivateReason, RestaurantActor, RestaurantConfig, RestaurantStats,
+    CloseAll, EngineError, HandOver, LoadedRestaurant, Missing, PassivateHook, PassivateReason,
+    RestaurantActor, RestaurantConfig,
 };
+use crate::room::Room;
 use crate::sink::close_code;
 use crate::writer::{Drain, PersistenceWriter, WriterStats};
 
+mod lease_keeper;
+mod route;
+mod stats;
+
+use lease_keeper::keep_leases;
+pub use stats::ShardStats;
+use stats::{LatencyBuckets, StatsMark};
+
 /// Decrements a shard's in-flight count however the request ends.
-struct InFlight<'a>(&'a AtomicI64);
+pub(super) struct InFlight<'a>(&'a AtomicI64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -72,54 +83,6 @@ struct Shard {
     latency: LatencyBuckets,
 }
 
-/// Bucket `i` counts durations below 2^i microseconds (the last one: everything longer).
-const LATENCY_BUCKETS: usize = 28;
-
-#[derive(Default)]
-struct LatencyBuckets([AtomicU64; LATENCY_BUCKETS]);
-
-impl LatencyBuckets {
-    fn record(&self, elapsed: std::time::Duration) {
-        let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
-        let i = ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
-        self.0[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> [u64; LATENCY_BUCKETS] {
-        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
-    }
-}
-
-/// The 99th percentile of the requests counted between two snapshots, in milliseconds (upper bound of
-/// its bucket).
-fn p99_ms(before: &[u64; LATENCY_BUCKETS], now: &[u64; LATENCY_BUCKETS]) -> f64 {
-    let delta: Vec<u64> = now
-        .iter()
-        .zip(before)
-        .map(|(n, b)| n.saturating_sub(*b))
-        .collect();
-    let total: u64 = delta.iter().sum();
-    if total == 0 {
-        return 0.0;
-    }
-    let target = (total as f64 * 0.99).ceil() as u64;
-    let mut seen = 0;
-    for (i, n) in delta.iter().enumerate() {
-        seen += n;
-        if seen >= target {
-            return (1u64 << i) as f64 / 1000.0;
-        }
-    }
-    (1u64 << (LATENCY_BUCKETS - 1)) as f64 / 1000.0
-}
-
-/// What the previous stats read saw, so rates and percentiles cover the interval since.
-struct StatsMark {
-    at: std::time::Instant,
-    handled: Vec<u64>,
-    latency: Vec<[u64; LATENCY_BUCKETS]>,
-}
-
 /// Where a table token leads.
 #[derive(Clone, Copy, Debug)]
 pub struct TableRef {
@@ -150,33 +113,37 @@ struct Inner {
     /// Shutdown has begun: no new writes are taken (see [`ShardSupervisor::begin_drain`]).
     draining: AtomicBool,
     mark: std::sync::Mutex<Option<StatsMark>>,
+    /// This node's part in a fleet (cluster mode only).
+    fleet: std::sync::OnceLock<Arc<Fleet>>,
+}
+
+/// Why a restaurant could not be activated here.
+enum Activation {
+    /// Another node holds its lease, and the lease runs.
+    Elsewhere(String),
+    Failed(EngineError),
+}
+
+impl From<EngineError> for Activation {
+    fn from(e: EngineError) -> Activation {
+        Activation::Failed(e)
+    }
+}
+
+impl Activation {
+    /// On a single node (or to a caller that does not forward): another owner is `unavailable`.
+    fn engine_error(self) -> EngineError {
+        match self {
+            Activation::Elsewhere(_) => EngineError::Unavailable,
+            Activation::Failed(e) => e,
+        }
+    }
 }
 
 /// Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
 pub struct ShardSupervisor {
     inner: Arc<Inner>,
-}
-
-/// Per-shard figures.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ShardStats {
-    pub shard: usize,
-    pub restaurants: usize,
-    /// Requests per second since the previous stats read.
-    pub messages_per_s: f64,
-    /// 99th percentile request handling time since the previous stats read (bucket upper bound).
-    pub p99_ms: f64,
-    /// Requests waiting for or being handled by this shard's restaurants.
-    pub mailbox_depth: i64,
-    /// Requests answered by this shard's restaurants since start.
-    pub messages_handled: u64,
-    /// Writes queued at this shard's writer behind the transaction in flight.
-    pub writer_queue: u64,
-    pub batches: u64,
-    pub writes: u64,
-    pub failed_batches: u64,
-    pub largest_batch: u64,
 }
 
 impl ShardSupervisor {
@@ -222,6 +189,7 @@ impl ShardSupervisor {
             released: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             mark: std::sync::Mutex::new(None),
+            fleet: std::sync::OnceLock::new(),
         });
         actix::spawn(keep_leases(Arc::downgrade(&inner)));
         ShardSupervisor { inner }
@@ -260,7 +228,10 @@ impl ShardSupervisor {
 
     /// Who owns the restaurant, activating it here first if nobody does.
     pub async fn owner(&self, id: RestaurantId) -> Result<Lease, EngineError> {
-        self.restaurant(id).await?;
+        match self.activated(id).await {
+            Ok(_) | Err(Activation::Elsewhere(_)) => {}
+            Err(Activation::Failed(e)) => return Err(e),
+        }
         let mut conn = self.conn().await?;
         leases::lease_of(&mut conn, id.get())
             .await
@@ -298,36 +269,15 @@ impl ShardSupervisor {
         self.inner.passivations.load(Ordering::Relaxed)
     }
 
-    /// Sends a message to a restaurant, activating it first if needed, and counts it against the
-    /// restaurant's shard. A restaurant that stopped (passivated) just before the message arrived is
-    /// activated again and asked once more; retries are safe because orders carry idempotency keys.
-    pub async fn ask<M>(&self, id: RestaurantId, msg: M) -> Result<M::Result, EngineError>
-    where
-        M: Message + Send + Clone + 'static,
-        M::Result: Send,
-        RestaurantActor: Handler<M>,
-    {
-        let shard = &self.inner.shards[self.shard_of(id)];
-        shard.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _done = InFlight(&shard.in_flight);
-        let started = std::time::Instant::now();
-        for _ in 0..2 {
-            let addr = self.restaurant(id).await?;
-            match addr.send(msg.clone()).await {
-                Ok(answer) => {
-                    shard.handled.fetch_add(1, Ordering::Relaxed);
-                    shard.latency.record(started.elapsed());
-                    return Ok(answer);
-                }
-                Err(MailboxError::Closed) => continue,
-                Err(MailboxError::Timeout) => return Err(EngineError::Unavailable),
-            }
-        }
-        Err(EngineError::Unavailable)
+    /// The restaurant's actor on this node, activating it on first use. On a single node this is
+    /// every restaurant; in a fleet, one another node owns is `unavailable` here (use [`Self::ask`]
+    /// or [`Self::room`]).
+    pub async fn restaurant(&self, id: RestaurantId) -> Result<Addr<RestaurantActor>, EngineError> {
+        self.activated(id).await.map_err(Activation::engine_error)
     }
 
-    /// The restaurant's actor, activating it on first use.
-    pub async fn restaurant(&self, id: RestaurantId) -> Result<Addr<RestaurantActor>, EngineError> {
+    /// The restaurant's actor on this node, activated here if no node holds its lease.
+    async fn activated(&self, id: RestaurantId) -> Result<Addr<RestaurantActor>, Activation> {
         let cell = match self.inner.registry.get(&id) {
             Some(cell) => {
                 if let Some(addr) = cell.get().filter(|a| a.connected()) {
@@ -349,7 +299,7 @@ impl ShardSupervisor {
                     self.inner.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(restaurant_id = %id, "restaurant actor died; activating it again");
                 }
-                return Box::pin(self.restaurant(id)).await;
+                return Box::pin(self.activated(id)).await;
             }
         }
         let result = cell
@@ -364,52 +314,15 @@ impl ShardSupervisor {
         result
     }
 
-    /// Takes the restaurant's lease for this node: its fence, or why not.
-    async fn take_lease(&self, id: RestaurantId) -> Result<Fence, EngineError> {
-        let node = &self.inner.config.node;
-        let mut conn = self.conn().await?;
-        let db = |_| EngineError::Unavailable;
-        match leases::acquire(
-            &mut conn,
-            id.get(),
-            &node.node_id,
-            node.lease_ttl,
-            node.takeover,
-        )
-        .await
-        .map_err(db)?
-        {
-            Some(leases::Acquired {
-                lease,
-                previous_node,
-            }) => {
-                if previous_node.is_some_and(|p| p != node.node_id) {
-                    self.inner.takeovers.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("s2o_lease_takeovers_total").increment(1);
-                    tracing::info!(restaurant_id = %id, fence = lease.fence, "took over the restaurant's lease");
-                }
-                Ok(Fence {
-                    restaurant_id: lease.restaurant_id,
-                    fence: lease.fence,
-                })
-            }
-            // Another node owns it and its lease runs.
-            None if leases::lease_of(&mut conn, id.get())
-                .await
-                .map_err(db)?
-                .is_some() =>
-            {
-                Err(EngineError::Unavailable)
-            }
-            None => Err(EngineError::NotFound(Missing::Restaurant)),
-        }
-    }
-
     async fn activate(
         &self,
         id: RestaurantId,
         cell: Arc<OnceCell<Addr<RestaurantActor>>>,
-    ) -> Result<Addr<RestaurantActor>, EngineError> {
+    ) -> Result<Addr<RestaurantActor>, Activation> {
+        // A node that is shutting down starts nothing: the caller asks the next owner.
+        if self.inner.released.load(Ordering::SeqCst) {
+            return Err(Activation::Elsewhere(String::new()));
+        }
         // The lease first: what is read next includes everything the previous owner committed.
         let fence = self.take_lease(id).await?;
         let loaded = match LoadedRestaurant::load(&self.inner.pool, id).await {
@@ -418,7 +331,8 @@ impl ShardSupervisor {
                 self.let_go(vec![fence]);
                 return Err(failed
                     .err()
-                    .unwrap_or(EngineError::NotFound(Missing::Restaurant)));
+                    .unwrap_or(EngineError::NotFound(Missing::Restaurant))
+                    .into());
             }
         };
         for t in loaded.tables.iter().filter(|t| t.active) {
@@ -451,6 +365,7 @@ impl ShardSupervisor {
                             metrics::counter!("s2o_leases_lost_total").increment(1);
                             inner.leases_lost.fetch_add(1, Ordering::Relaxed)
                         }
+                        PassivateReason::HandedOver => 0,
                     };
                 }
                 inner.fences.remove_if(&id, |_, (f, _)| *f == fence);
@@ -462,33 +377,21 @@ impl ShardSupervisor {
                 }
             });
         self.inner.fences.insert(id, (fence, Instant::now()));
+        let tap = self.fleet().map(|f| f.tap().clone());
         let addr = RestaurantActor::start_in_arbiter(&shard.arbiter.handle(), move |_| {
-            RestaurantActor::new(loaded, fence, writer, pool, config)
-                .with_passivate_hook(on_passivate)
+            let actor = RestaurantActor::new(loaded, fence, writer, pool, config)
+                .with_passivate_hook(on_passivate);
+            match tap {
+                Some(tap) => actor.with_tap(tap),
+                None => actor,
+            }
         });
         self.inner.activations.fetch_add(1, Ordering::Relaxed);
         Ok(addr)
     }
 
-    /// Releases leases in the background (a passivated restaurant, a failed activation), so another
-    /// node can start the restaurant at once.
-    fn let_go(&self, held: Vec<Fence>) {
-        let pool = self.inner.pool.clone();
-        let node_id = self.inner.config.node.node_id.clone();
-        actix::spawn(async move {
-            if let Ok(mut conn) = pool.get().await {
-                if let Err(e) = leases::release(&mut conn, &node_id, &held).await {
-                    tracing::warn!(error = %e, "could not release leases; they expire on their own");
-                }
-            }
-        });
-    }
-
     /// The restaurant and table a QR token opens. Unknown, rotated and inactive tokens are `NotFound`.
-    pub async fn resolve_table(
-        &self,
-        token: &str,
-    ) -> Result<(Addr<RestaurantActor>, TableRef), EngineError> {
+    pub async fn resolve_table(&self, token: &str) -> Result<(Room, TableRef), EngineError> {
         if token.is_empty()
             || token.len() > MAX_TOKEN_LEN
             || !token
@@ -498,7 +401,7 @@ impl ShardSupervisor {
             return Err(EngineError::NotFound(Missing::Table));
         }
         if let Some(r) = self.inner.tables.get(token).map(|r| *r) {
-            return Ok((self.restaurant(r.restaurant_id).await?, r));
+            return Ok((self.room(r.restaurant_id).await?, r));
         }
         let mut conn = self.conn().await?;
         let table = RestaurantTable::by_token(&mut conn, token)
@@ -510,14 +413,21 @@ impl ShardSupervisor {
             restaurant_id: table.restaurant_id.into(),
             table_id: table.id.into(),
         };
-        let addr = self.restaurant(r.restaurant_id).await?;
-        Ok((addr, r))
+        let room = self.room(r.restaurant_id).await?;
+        Ok((room, r))
     }
 
-    /// Forgets table tokens that died (rotation, deactivation, deletion).
-    pub fn forget_tokens(&self, tokens: &[String]) {
+    /// Forgets table tokens that died (rotation, deactivation, deletion), on every node.
+    pub async fn forget_tokens(&self, tokens: &[String]) {
         for t in tokens {
             self.inner.tables.remove(t);
+        }
+        if let Some(fleet) = self.fleet().filter(|_| !tokens.is_empty()) {
+            fleet
+                .tell(Notice::TokensDied {
+                    tokens: tokens.to_vec(),
+                })
+                .await;
         }
     }
 
@@ -548,84 +458,6 @@ impl ShardSupervisor {
             .collect()
     }
 
-    pub async fn restaurant_stats(&self) -> Vec<RestaurantStats> {
-        let mut out = Vec::new();
-        for addr in self.active() {
-            if let Ok(mut s) = addr.send(GetStats).await {
-                s.shard = self.shard_of(s.restaurant_id);
-                out.push(s);
-            }
-        }
-        out
-    }
-
-    /// Per-shard gauges without touching the rate window of [`ShardSupervisor::shard_stats`].
-    pub fn shard_gauges(&self) -> Vec<ShardStats> {
-        let mut counts = vec![0usize; self.inner.shards.len()];
-        for e in self.inner.registry.iter() {
-            if e.value().get().is_some() {
-                counts[self.shard_of(*e.key())] += 1;
-            }
-        }
-        self.inner
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ShardStats {
-                shard: i,
-                restaurants: counts[i],
-                messages_per_s: 0.0,
-                p99_ms: 0.0,
-                mailbox_depth: s.in_flight.load(Ordering::Relaxed),
-                messages_handled: s.handled.load(Ordering::Relaxed),
-                writer_queue: s.writer_stats.queued.load(Ordering::Relaxed),
-                batches: s.writer_stats.batches.load(Ordering::Relaxed),
-                writes: s.writer_stats.ops.load(Ordering::Relaxed),
-                failed_batches: s.writer_stats.failed_batches.load(Ordering::Relaxed),
-                largest_batch: s.writer_stats.largest_batch.load(Ordering::Relaxed),
-            })
-            .collect()
-    }
-
-    /// Per-shard figures, with messages/s and p99 over the interval since the previous call.
-    pub fn shard_stats(&self) -> Vec<ShardStats> {
-        let now = std::time::Instant::now();
-        let handled: Vec<u64> = self
-            .inner
-            .shards
-            .iter()
-            .map(|s| s.handled.load(Ordering::Relaxed))
-            .collect();
-        let latency: Vec<[u64; LATENCY_BUCKETS]> = self
-            .inner
-            .shards
-            .iter()
-            .map(|s| s.latency.snapshot())
-            .collect();
-        let previous = {
-            let mut mark = self.inner.mark.lock().unwrap_or_else(|e| e.into_inner());
-            mark.replace(StatsMark {
-                at: now,
-                handled: handled.clone(),
-                latency: latency.clone(),
-            })
-        };
-        let mut stats = self.shard_gauges();
-        for (i, st) in stats.iter_mut().enumerate() {
-            st.messages_per_s = match &previous {
-                Some(p) if now > p.at => {
-                    handled[i].saturating_sub(p.handled[i]) as f64 / (now - p.at).as_secs_f64()
-                }
-                _ => 0.0,
-            };
-            st.p99_ms = match &previous {
-                Some(p) => p99_ms(&p.latency[i], &latency[i]),
-                None => p99_ms(&[0; LATENCY_BUCKETS], &latency[i]),
-            };
-        }
-        stats
-    }
-
     /// Whether every shard's writer is alive.
     pub fn shards_running(&self) -> bool {
         self.inner.shards.iter().all(|s| s.writer.connected())
@@ -650,8 +482,8 @@ impl ShardSupervisor {
     }
 
     /// Shutdown: waits for every queued write to commit, releases the node's leases (the next owner
-    /// starts at once instead of after expiry), then closes every socket with 1001 and stops the
-    /// shard arbiters.
+    /// starts at once instead of after expiry), stops every restaurant (its sockets closed with 1001;
+    /// relaying nodes told it is gone), stops answering the fleet, then stops the shard arbiters.
     pub async fn shutdown(&self) {
         for shard in &self.inner.shards {
             let _ = shard.writer.send(Drain).await;
@@ -669,11 +501,20 @@ impl ShardSupervisor {
             let _ = leases::forget_node(&mut conn, node_id).await;
         }
         for addr in self.active() {
-            let _ = addr
-                .send(CloseAll {
-                    code: close_code::GOING_AWAY,
-                })
-                .await;
+            let _ = addr.send(HandOver).await;
+        }
+        if let Some(fleet) = self.fleet() {
+            // Commands sent here from now on find no responder: their senders ask the next owner.
+            fleet.stop().cancel();
+            let relays: Vec<Addr<RelayActor>> =
+                fleet.relays().iter().map(|r| r.value().clone()).collect();
+            for relay in relays {
+                let _ = relay
+                    .send(CloseAll {
+                        code: close_code::GOING_AWAY,
+                    })
+                    .await;
+            }
         }
         for shard in &self.inner.shards {
             shard.arbiter.stop();
@@ -681,52 +522,4 @@ impl ShardSupervisor {
         self.inner.registry.clear();
         self.inner.tables.clear();
     }
-}
-
-/// Renews the node's leases every `lease_ttl / 3`, reports the node's heartbeat, and stops the
-/// restaurants whose lease another node holds now. Ends with the engine.
-async fn keep_leases(inner: Weak<Inner>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        if strong.released.load(Ordering::SeqCst) {
-            return;
-        }
-        let every = strong.config.node.renew_every();
-        if let Err(e) = renew_once(&strong).await {
-            tracing::warn!(error = %e, "could not renew the node's leases");
-        }
-        drop(strong);
-        tokio::time::sleep(every).await;
-    }
-}
-
-async fn renew_once(inner: &Inner) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let node = &inner.config.node;
-    let mut conn = inner.pool.get().await?;
-    let round = Instant::now();
-    let held: HashSet<Fence> = leases::renew(&mut conn, &node.node_id, node.lease_ttl)
-        .await?
-        .into_iter()
-        .collect();
-    let lost: Vec<(RestaurantId, Fence)> = inner
-        .fences
-        .iter()
-        .filter(|e| e.value().1 < round && !held.contains(&e.value().0))
-        .map(|e| (*e.key(), e.value().0))
-        .collect();
-    for (id, fence) in lost {
-        let addr = inner.registry.get(&id).and_then(|c| c.get().cloned());
-        match addr.filter(|a| a.connected()) {
-            Some(addr) => addr.do_send(LeaseLost),
-            None => {
-                inner.fences.remove_if(&id, |_, (f, _)| *f == fence);
-            }
-        }
-    }
-    let owned = i32::try_from(held.len()).unwrap_or(i32::MAX);
-    let sockets = i32::try_from(crate::session::open_sockets()).unwrap_or(i32::MAX);
-    leases::heartbeat(&mut conn, &node.node_id, inner.started.at, owned, sockets).await?;
-    Ok(())
 }
