@@ -402,3 +402,43 @@ async fn a_node_that_hands_over_lets_another_take_its_restaurants_at_once() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn every_node_drains_the_outbox_yet_each_message_is_sent_once_and_code_limits_hold_fleet_wide(
+) {
+    let fleet = spawn_fleet(3, |_| {}).await;
+    let admin = admin_of(fleet.node(0)).await;
+    let r = fleet.node(0).restaurant("notified", 1, 1).await;
+    assert_eq!(owner_seen_from(fleet.node(0), &admin, r.id).await, "node-0");
+    let guest = fleet.node(1).verify_phone("+4915112345007").await;
+    for i in 0..6 {
+        fleet
+            .node(i % 3)
+            .place_order(&guest, &r.tables[0], &[(&r.items[0], 1)])
+            .await;
+    }
+    // Three notifiers poll the one outbox; each message leaves once.
+    let a = fleet.node(0);
+    a.wait_for_sql(
+        "every message sent",
+        "(SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL) = 0 \
+         AND (SELECT count(*) FROM notification_outbox) = 6",
+    )
+    .await;
+    let received =
+        a.wa.received()
+            .iter()
+            .filter(|m| m.template() == "scan2order_order_received")
+            .count();
+    assert_eq!(received, 6, "each order's message sent exactly once");
+    assert!(a.wa.problems().is_empty(), "{:?}", a.wa.problems());
+
+    // A phone that was just sent a code on one node waits on every other node too.
+    let phone = json!({"phone": "+4915112345008"});
+    let res = fleet.node(0).post_json("/api/v1/otp/send", &phone).await;
+    assert_eq!(res.status(), 202);
+    for node in [fleet.node(1), fleet.node(2)] {
+        let res = node.post_json("/api/v1/otp/send", &phone).await;
+        expect_error(res, 429, "rate_limited").await;
+    }
+}

@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 mod check;
+mod fleet;
 mod server;
 mod traffic;
 mod whatsapp;
@@ -46,6 +47,26 @@ pub enum Scenario {
     /// Mixed load (orders, statuses, menu toggles, socket churn) for a long time; memory and files
     /// sampled.
     Soak,
+    /// A fleet of two: `kill -9` the node that owns every restaurant while all traffic and sockets
+    /// go through the other.
+    NodeKill,
+    /// A fleet of two: the owner paused (`SIGSTOP`) past its lease, then resumed: it must commit
+    /// nothing and rejoin as a non-owner.
+    NodePause,
+    /// A fleet of two: NATS killed and restarted under both nodes.
+    NatsRestart,
+    /// A fleet of two: `SIGTERM` on the owner, which hands its restaurants over.
+    Handover,
+}
+
+impl Scenario {
+    /// Runs on a fleet of two nodes and a private NATS ([`fleet`]).
+    fn is_fleet(self) -> bool {
+        matches!(
+            self,
+            Scenario::NodeKill | Scenario::NodePause | Scenario::NatsRestart | Scenario::Handover
+        )
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -207,6 +228,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
     if let Some(f) = &fake {
         env.extend(whatsapp::server_env(f));
     }
+    let mut nats = if args.scenario.is_fleet() {
+        let nats = fleet::Nats::start().await?;
+        env.extend(fleet::cluster_env(&nats));
+        Some(nats)
+    } else {
+        None
+    };
     let spec = ServerSpec {
         bin,
         config: args.config.clone(),
@@ -228,7 +256,16 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<i32> {
         outage,
         soak: secs(args.soak, 1800.0, 60.0, short),
     };
-    let result = drive(&args, &mut server, &seed, &tokens, &times, fake.as_ref()).await;
+    let result = drive(
+        &args,
+        &mut server,
+        &seed,
+        &tokens,
+        &times,
+        fake.as_ref(),
+        nats.as_mut(),
+    )
+    .await;
     let db = server.db_name.clone();
     if !args.keep_db {
         if let Err(e) = server.destroy().await {
@@ -274,6 +311,7 @@ async fn drive(
     tokens: &std::path::Path,
     times: &Times,
     fake: Option<&FakeWhatsApp>,
+    nats: Option<&mut fleet::Nats>,
 ) -> anyhow::Result<Report> {
     let Times {
         rate,
@@ -283,7 +321,7 @@ async fn drive(
         ..
     } = *times;
     server.start().await?;
-    let plan = build_plan(SetupArgs {
+    let mut plan = build_plan(SetupArgs {
         target: Target::parse(&server.url())?,
         seed: Some(seed),
         tokens: Some(tokens),
@@ -293,6 +331,16 @@ async fn drive(
         bind: None,
     })
     .await?;
+    // A fleet: node A (`server`) runs every restaurant; clients talk only to node B.
+    let entry = if args.scenario.is_fleet() {
+        fleet::own_everything(server, &plan).await?;
+        let mut b = fleet::entry_node(server)?;
+        b.start().await?;
+        plan.target = Target::parse(&b.url())?;
+        Some(b)
+    } else {
+        None
+    };
     let cfg = TrafficCfg {
         kitchen_per_restaurant: args.kitchen_per_restaurant,
         table_sockets_per_table: args.table_sockets_per_table.unwrap_or(
@@ -493,6 +541,21 @@ async fn drive(
             }
             put("sockets_cut", cut.into());
         }
+        Scenario::NodeKill | Scenario::NodePause | Scenario::NatsRestart | Scenario::Handover => {
+            let nats = nats.context("a fleet scenario runs with its NATS")?;
+            fleet::fault(
+                scenario,
+                &ctx,
+                server,
+                nats,
+                fault_ms,
+                after,
+                outage,
+                &mut figures,
+                &mut verdicts,
+            )
+            .await?;
+        }
         Scenario::Sigterm => {
             let connected: Vec<usize> = ctx
                 .subs
@@ -573,6 +636,8 @@ async fn drive(
         eprintln!("   warning: not every socket caught up within 15 s");
     }
     ctx.stop_sockets();
+    // Node B's part is over (dropping it stops it).
+    drop(entry);
     let (counts, mut checks) = reconcile(&ctx, &db);
     if let Some(fake) = fake {
         let limit = times.whatsapp_phases(args.short).drain_limit;

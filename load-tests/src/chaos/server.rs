@@ -55,7 +55,7 @@ fn with_db(admin_url: &str, db: &str) -> anyhow::Result<String> {
 }
 
 /// A free loopback port (bound and released; the server binds it next, and again after each restart).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -130,6 +130,27 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Another node of the same fleet: the same database and settings plus `env`, its own port and log.
+    /// Dropping it stops it; the database stays with the first node.
+    pub fn sibling(&self, env: &[(&str, &str)], log: PathBuf) -> anyhow::Result<Server> {
+        let mut spec = self.spec.clone();
+        spec.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        spec.log = log;
+        Ok(Server {
+            spec,
+            db_name: self.db_name.clone(),
+            db_url: self.db_url.clone(),
+            port: free_port()?,
+            child: None,
+            starts: 0,
+        })
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.spec.log
     }
 
     pub fn pid(&self) -> Option<u32> {
