@@ -126,3 +126,62 @@ async fn a_node_started_while_nats_is_down_connects_once_it_is_up() {
     })
     .await;
 }
+
+/// An answer larger than NATS takes in one message (a kitchen's snapshot of thousands of orders)
+/// reaches the asking node whole: parked by the answering node and fetched in pieces.
+#[actix_rt::test]
+async fn a_forwarded_answer_larger_than_a_nats_message_arrives_whole() {
+    use scan2order_actors::cluster::fleet::{answer_commands, Fleet, PIECE};
+    use scan2order_actors::cluster::forward::{Envelope, Reply};
+    use scan2order_actors::restaurant::GetKitchenInfo;
+    use scan2order_schema::domain::RestaurantId;
+    use std::sync::Arc;
+
+    let nats = NatsServer::start();
+    let owner = Arc::new(Fleet::start(
+        Bus::connect(&config(&nats.url(), "owner"))
+            .await
+            .expect("bus"),
+    ));
+    let asker = Fleet::start(
+        Bus::connect(&config(&nats.url(), "asker"))
+            .await
+            .expect("bus"),
+    );
+    // Three pieces and a bit, of text that differs from piece to piece.
+    let big: String = (0..3 * PIECE + 1000)
+        .map(|i| char::from(b'a' + (i % 251 % 26) as u8))
+        .collect();
+    let expected = big.clone();
+    actix_rt::spawn(answer_commands(owner.clone(), move |payload| {
+        let big = big.clone();
+        async move {
+            let envelope: Envelope = serde_json::from_slice(&payload).expect("an envelope");
+            assert!(matches!(
+                envelope.command,
+                scan2order_actors::cluster::forward::Command::GetKitchenInfo(_)
+            ));
+            Reply::Done(Ok(big)).encode()
+        }
+    }));
+    until("the owner answers", || async {
+        owner.bus().ready(Duration::from_secs(1)).await
+            && asker.bus().ready(Duration::from_secs(1)).await
+    })
+    .await;
+    let id = RestaurantId::from(uuid::Uuid::new_v4());
+    let mut answer = None;
+    for _ in 0..50 {
+        // The owner's subscription may not be registered yet on the first try: no responders.
+        match asker.forward("owner", id, GetKitchenInfo).await {
+            Ok(Reply::Done(Ok(text))) => {
+                answer = Some(text);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let answer = answer.expect("the large answer arrived");
+    assert_eq!(answer.len(), expected.len());
+    assert!(answer == expected, "the pieces were put together in order");
+}

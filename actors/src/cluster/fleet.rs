@@ -4,7 +4,9 @@
 //! loops on the node's NATS connection:
 //! - the **publisher**: the frames of the restaurants this node owns, in order, to their events subjects;
 //! - the **responder**: commands other nodes forward to this node's subject, run as a local caller would
-//!   and answered (or [`Reply::NotOwner`]);
+//!   and answered (or [`Reply::NotOwner`]); an answer larger than [`PIECE`] (a kitchen snapshot of
+//!   thousands of live orders) is parked here and fetched by the asker in pieces, since NATS refuses
+//!   messages over its `max_payload`;
 //! - the **notices**: fleet-wide news (a staff member's sessions ended, table tokens died) applied here;
 //! - and, through the lease keeper, the live nodes handed to relays, so a relay whose owner died
 //!   resynchronises from whoever takes the restaurant over.
@@ -65,8 +67,32 @@ pub enum Hop {
     Failed,
 }
 
+/// Answers larger than this are parked on the answering node and fetched in pieces of this size (NATS
+/// refuses messages over its `max_payload`, 1 MiB by default; a kitchen's snapshot of thousands of live
+/// orders is larger).
+pub const PIECE: usize = 512 * 1024;
+/// How long a parked answer waits to be fetched, and how many may wait at once.
+const PARKED_FOR: Duration = Duration::from_secs(30);
+const PARKED_MAX: usize = 256;
+
+/// What the answering node sends instead of an answer too large for one message.
+#[derive(Serialize, Deserialize)]
+struct Parked {
+    parked: u64,
+    len: usize,
+}
+
+/// A piece of a parked answer, asked for on `{node subject}.pieces`.
+#[derive(Serialize, Deserialize)]
+struct PieceRequest {
+    key: u64,
+    offset: usize,
+}
+
 pub struct Fleet {
     bus: Bus,
+    /// Answers too large for one message, by key, with when they were parked.
+    parked: DashMap<u64, (Instant, Bytes)>,
     tap: EventTap,
     owners: DashMap<RestaurantId, Arc<str>>,
     relays: DashMap<RestaurantId, Addr<RelayActor>>,
@@ -83,6 +109,7 @@ impl Fleet {
         actix::spawn(publish_frames(bus.clone(), frames, stop.clone()));
         Fleet {
             bus,
+            parked: DashMap::new(),
             tap,
             owners: DashMap::new(),
             relays: DashMap::new(),
@@ -152,8 +179,12 @@ impl Fleet {
         metrics::counter!("s2o_forwards_total", "outcome" => outcome).increment(1);
         match answer {
             Ok(message) => {
+                let payload = match serde_json::from_slice::<Parked>(&message.payload) {
+                    Ok(parked) => self.fetch_parked(node, parked).await?,
+                    Err(_) => message.payload,
+                };
                 metrics::histogram!("s2o_forward_seconds").record(started.elapsed().as_secs_f64());
-                Ok(Reply::decode(&message.payload))
+                Ok(Reply::decode(&payload))
             }
             Err(e) => Err(match e.kind() {
                 async_nats::client::RequestErrorKind::NoResponders => Hop::NoResponders,
@@ -161,6 +192,74 @@ impl Fleet {
                 _ => Hop::Failed,
             }),
         }
+    }
+
+    /// Fetches a parked answer from `node`, piece by piece.
+    async fn fetch_parked(&self, node: &str, parked: Parked) -> Result<Bytes, Hop> {
+        if parked.len > 64 << 20 {
+            return Err(Hop::Failed);
+        }
+        let subject = format!("{}.pieces", self.bus.node_subject(node));
+        let mut whole = bytes::BytesMut::with_capacity(parked.len);
+        while whole.len() < parked.len {
+            let ask = serde_json::to_vec(&PieceRequest {
+                key: parked.parked,
+                offset: whole.len(),
+            })
+            .map_err(|_| Hop::Failed)?;
+            let request = async_nats::Request::new()
+                .payload(Bytes::from(ask))
+                .timeout(Some(FORWARD_TIMEOUT));
+            let piece = self
+                .bus
+                .client()
+                .send_request(subject.clone(), request)
+                .await
+                .map_err(|e| match e.kind() {
+                    async_nats::client::RequestErrorKind::TimedOut => Hop::TimedOut,
+                    _ => Hop::Failed,
+                })?;
+            if piece.payload.is_empty() {
+                // Expired or unknown: the command ran, its answer is lost.
+                return Err(Hop::TimedOut);
+            }
+            whole.extend_from_slice(&piece.payload);
+        }
+        metrics::counter!("s2o_forward_answers_parked_total").increment(1);
+        Ok(whole.freeze())
+    }
+
+    /// Parks an answer too large for one message; what to send in its place.
+    fn park(&self, answer: Bytes) -> Bytes {
+        let now = Instant::now();
+        self.parked
+            .retain(|_, (at, _)| now.duration_since(*at) < PARKED_FOR);
+        if self.parked.len() >= PARKED_MAX {
+            tracing::warn!("too many large answers waiting to be fetched; refusing one");
+            return Reply::<()>::Done(Err(crate::restaurant::EngineError::Unavailable)).encode();
+        }
+        let key = rand::random::<u64>();
+        let len = answer.len();
+        self.parked.insert(key, (now, answer));
+        Bytes::from(serde_json::to_vec(&Parked { parked: key, len }).unwrap_or_default())
+    }
+
+    /// A piece of a parked answer (empty when it is unknown or expired); the last piece forgets it.
+    fn piece(&self, request: &[u8]) -> Bytes {
+        let Ok(PieceRequest { key, offset }) = serde_json::from_slice(request) else {
+            return Bytes::new();
+        };
+        let Some(answer) = self.parked.get(&key).map(|e| e.1.clone()) else {
+            return Bytes::new();
+        };
+        if offset >= answer.len() {
+            return Bytes::new();
+        }
+        let end = (offset + PIECE).min(answer.len());
+        if end == answer.len() {
+            self.parked.remove(&key);
+        }
+        answer.slice(offset..end)
     }
 
     /// Tells every other node; this node applies the notice itself, at once.
@@ -257,23 +356,51 @@ where
     Fut: std::future::Future<Output = Bytes> + 'static,
 {
     let subject = fleet.bus.node_subject(fleet.bus.node_id());
-    let sub = match fleet.bus.client().subscribe(subject).await {
-        Ok(sub) => sub,
+    let subscribed = async {
+        let commands = fleet.bus.client().subscribe(subject.clone()).await?;
+        let pieces = fleet
+            .bus
+            .client()
+            .subscribe(format!("{subject}.pieces"))
+            .await?;
+        Ok::<_, async_nats::SubscribeError>((commands, pieces))
+    };
+    let (commands, pieces) = match subscribed.await {
+        Ok(subs) => subs,
         Err(e) => {
             tracing::error!(error = %e, "could not subscribe to the node's commands");
             return;
         }
     };
-    let mut sub = std::pin::pin!(sub.take_until(fleet.stop.clone().cancelled_owned()));
-    while let Some(msg) = sub.next().await {
+    let answer_pieces = {
+        let fleet = fleet.clone();
+        let mut pieces = Box::pin(pieces.take_until(fleet.stop.clone().cancelled_owned()));
+        async move {
+            while let Some(msg) = pieces.next().await {
+                if let Some(reply) = msg.reply {
+                    let _ = fleet
+                        .bus
+                        .client()
+                        .publish(reply, fleet.piece(&msg.payload))
+                        .await;
+                }
+            }
+        }
+    };
+    actix::spawn(answer_pieces);
+    let mut commands = std::pin::pin!(commands.take_until(fleet.stop.clone().cancelled_owned()));
+    while let Some(msg) = commands.next().await {
         let Some(reply) = msg.reply else {
             continue;
         };
         let answer = serve(msg.payload);
-        let client = fleet.bus.client().clone();
+        let fleet = fleet.clone();
         actix::spawn(async move {
-            let payload = answer.await;
-            if let Err(e) = client.publish(reply, payload).await {
+            let mut payload = answer.await;
+            if payload.len() > PIECE {
+                payload = fleet.park(payload);
+            }
+            if let Err(e) = fleet.bus.client().publish(reply, payload).await {
                 tracing::warn!(error = %e, "could not answer a forwarded command");
             }
         });

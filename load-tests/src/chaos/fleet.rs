@@ -259,12 +259,26 @@ pub async fn fault(
             .filter(|s| lock(&s.state).snapshots >= 2)
             .count();
         put("sockets_resynced_by_snapshot", resynced.into());
+        // The one close the fault may not cause is any: a busy kitchen that falls behind its outbound
+        // queue (production's 256 frames) is closed as a slow consumer (1013) and resumes, with or
+        // without a fault (docs/RELIABILITY.md); every other reconnect would be the fault's.
+        let slow: u64 = subs.close_codes.get(&1013).copied().unwrap_or(0);
+        let other_closes: u64 = subs
+            .close_codes
+            .iter()
+            .filter(|(c, _)| **c != 1013)
+            .map(|(_, n)| *n)
+            .sum();
+        let reconnects = subs.connects.saturating_sub(subs.sockets as u64);
+        put("slow_consumer_closes", slow.into());
         verdicts.push(Verdict::new(
-            "sockets on the surviving node stay connected and follow the new epoch by snapshot",
-            subs.connects as usize == subs.sockets && resynced == subs.sockets,
+            "sockets on the surviving node are not dropped by the fault and follow the new epoch by \
+             snapshot",
+            other_closes == 0 && reconnects <= slow && resynced == subs.sockets,
             format!(
-                "{} sockets, {} connects, {resynced} got a second snapshot without reconnecting",
-                subs.sockets, subs.connects
+                "{} sockets, {reconnects} reconnects after {slow} slow-consumer closes (1013), {other_closes} \
+                 other closes; {resynced} got a snapshot of a later epoch on a connection",
+                subs.sockets
             ),
         ));
     }
