@@ -4,8 +4,9 @@
 //! A lease carries a fence that only grows: every acquisition adds one, a release keeps it. The owner's
 //! persistence writer checks its fence inside each write transaction ([`fences_out_of_force`]) and
 //! holds the lease row shared until commit, so a takeover waits for a commit in flight and a node that
-//! lost its lease can never commit after another took over. Times are Postgres's clock (`now()`), the
-//! one clock every node shares.
+//! lost its lease can never commit after another took over. Times are Postgres's clock, the one clock
+//! every node shares, read when each statement acts (`clock_timestamp()`, not the statement's start:
+//! an acquisition that waited behind a paused owner's commit must not be born already expired).
 
 use std::time::Duration;
 
@@ -69,11 +70,12 @@ pub async fn acquire(
     diesel::sql_query(
         "WITH previous AS (SELECT node_id FROM restaurant_leases WHERE restaurant_id = $1) \
          INSERT INTO restaurant_leases AS l (restaurant_id, node_id, fence, expires_at) \
-         SELECT $1, $2, 1, now() + $3 * interval '1 millisecond' \
+         SELECT $1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond' \
          WHERE EXISTS (SELECT 1 FROM restaurants WHERE id = $1) \
          ON CONFLICT (restaurant_id) DO UPDATE \
-         SET node_id = EXCLUDED.node_id, fence = l.fence + 1, expires_at = EXCLUDED.expires_at \
-         WHERE $4 OR l.node_id = EXCLUDED.node_id OR l.expires_at <= now() \
+         SET node_id = EXCLUDED.node_id, fence = l.fence + 1, \
+             expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+         WHERE $4 OR l.node_id = EXCLUDED.node_id OR l.expires_at <= clock_timestamp() \
          RETURNING restaurant_id, node_id, fence, expires_at, \
          (SELECT node_id FROM previous) AS previous_node",
     )
@@ -111,7 +113,7 @@ pub struct Fence {
 /// node thought it held and that is missing here was taken over). A released lease stays released.
 pub async fn renew(conn: &mut DbConn, node_id: &str, ttl: Duration) -> QueryResult<Vec<Fence>> {
     diesel::sql_query(
-        "UPDATE restaurant_leases SET expires_at = now() + $2 * interval '1 millisecond' \
+        "UPDATE restaurant_leases SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' \
          WHERE node_id = $1 AND expires_at > 'epoch' RETURNING restaurant_id, fence",
     )
     .bind::<Text, _>(node_id)
@@ -186,8 +188,8 @@ pub async fn heartbeat(
 ) -> QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO cluster_nodes (node_id, started_at, last_seen, restaurants_owned, sockets) \
-         VALUES ($1, $2, now(), $3, $4) \
-         ON CONFLICT (node_id) DO UPDATE SET last_seen = now(), \
+         VALUES ($1, $2, clock_timestamp(), $3, $4) \
+         ON CONFLICT (node_id) DO UPDATE SET last_seen = clock_timestamp(), \
          restaurants_owned = EXCLUDED.restaurants_owned, sockets = EXCLUDED.sockets",
     )
     .bind::<Text, _>(node_id)

@@ -345,3 +345,53 @@ async fn an_admin_change_under_a_stale_fence_commits_nothing() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn a_lease_taken_after_waiting_behind_a_commit_in_flight_runs_from_when_it_was_taken() {
+    use diesel_async::{AnsiTransactionManager, TransactionManager};
+    let app = spawn_app().await;
+    let r = app.restaurant("waited", 1, 1).await;
+    let (mut holder, mut taker) = (app.db().await, app.db().await);
+    let ttl = Duration::from_millis(300);
+    leases::acquire(&mut taker, r.id, "node-a", ttl, Takeover::Always)
+        .await
+        .expect("sql")
+        .expect("node A holds it");
+    // Node A's write transaction in flight: the lease row locked shared, as the writer does.
+    AnsiTransactionManager::begin_transaction(&mut holder)
+        .await
+        .expect("begin");
+    run_sql_on(
+        &mut holder,
+        &format!(
+            "SELECT 1 FROM restaurant_leases WHERE restaurant_id = '{}' FOR SHARE",
+            r.id
+        ),
+    )
+    .await;
+    let take = async {
+        leases::acquire(&mut taker, r.id, "node-b", ttl, Takeover::Always)
+            .await
+            .expect("sql")
+            .expect("taken")
+    };
+    // The commit comes after longer than the lease lasts (the wait is Postgres's own).
+    let commit = async {
+        run_sql_on(&mut holder, "SELECT pg_sleep(0.6)").await;
+        AnsiTransactionManager::commit_transaction(&mut holder)
+            .await
+            .expect("commit");
+        chrono::Utc::now()
+    };
+    let (taken, committed_at) = tokio::join!(take, commit);
+    assert!(
+        taken.lease.expires_at > committed_at,
+        "the lease runs from when it was taken ({}), not from when its statement began; the commit it \
+         waited for ended at {committed_at}",
+        taken.lease.expires_at
+    );
+}
+
+async fn run_sql_on(conn: &mut diesel_async::AsyncPgConnection, sql: &str) {
+    diesel::sql_query(sql).execute(conn).await.expect("sql");
+}

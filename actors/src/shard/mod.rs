@@ -414,6 +414,12 @@ impl ShardSupervisor {
             table_id: table.id.into(),
         };
         let room = self.room(r.restaurant_id).await?;
+        // Remembered on a node that does not own the restaurant too, so its guests' menu reads do not
+        // query Postgres each time; a token that dies is forgotten on every node (`tokens_died`), and
+        // the owner checks the token on every call regardless.
+        if table.active && table.deleted_at.is_none() {
+            self.inner.tables.insert(token.to_string(), r);
+        }
         Ok((room, r))
     }
 

@@ -145,14 +145,22 @@ async fn owners(db_url: &str) -> anyhow::Result<BTreeMap<String, usize>> {
         .collect())
 }
 
-/// The longest time without an acknowledged order around the fault: from the last acknowledgement
-/// before `fault_ms` to the first after it.
+/// The longest time without an acknowledged order from the fault on: the widest interval between
+/// consecutive acknowledgements (the first counted from the last one before the fault) that ends after
+/// `fault_ms`. `None` when nothing was acknowledged after the fault.
 fn ack_gap_ms(acked: &[u64], fault_ms: u64) -> Option<u64> {
     let mut acked = acked.to_vec();
     acked.sort_unstable();
-    let last_before = acked.iter().rev().find(|t| **t <= fault_ms).copied();
-    let first_after = acked.iter().find(|t| **t > fault_ms).copied()?;
-    Some(first_after - last_before.unwrap_or(fault_ms))
+    let start = acked
+        .iter()
+        .rev()
+        .find(|t| **t <= fault_ms)
+        .copied()
+        .unwrap_or(fault_ms);
+    let after: Vec<u64> = acked.into_iter().filter(|t| *t > fault_ms).collect();
+    let first = *<[u64]>::first(&after)?;
+    let widest = after.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    Some((first - start).max(widest))
 }
 
 /// A counter's total in a node's `/metrics`.
@@ -340,10 +348,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gap_runs_from_the_last_ack_before_the_fault_to_the_first_after() {
+    fn the_gap_is_the_longest_stall_of_acknowledgements_from_the_fault_on() {
         assert_eq!(ack_gap_ms(&[10, 50, 990, 4000, 4010], 1000), Some(3010));
         assert_eq!(ack_gap_ms(&[4000, 10], 1000), Some(3990));
         assert_eq!(ack_gap_ms(&[1200], 1000), Some(200));
         assert_eq!(ack_gap_ms(&[10, 20], 1000), None);
+        // Orders in flight at the fault answered just after it, then the stall.
+        assert_eq!(ack_gap_ms(&[990, 1005, 1010, 4500, 4510], 1000), Some(3490));
     }
 }
