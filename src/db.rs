@@ -6,9 +6,10 @@ use anyhow::Context as _;
 use diesel::connection::SimpleConnection as _;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::bb8::Pool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::FutureExt as _;
 use scan2order_schema::DbPool;
 
 use crate::config::DatabaseSettings;
@@ -108,8 +109,33 @@ fn migrate_blocking(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// How long Postgres lets one of our sessions sit idle inside a transaction before it ends the session.
+/// The engine's transactions send their statements back to back, so they are never idle for long; a
+/// node that was paused or cut off in the middle of one is, and the lease rows it holds locked would
+/// keep another node from taking its restaurants over until it woke. Ending that transaction (it
+/// commits nothing) lets the takeover proceed after the lease expires.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 2_000;
+
 pub async fn build_pool(settings: &DatabaseSettings) -> anyhow::Result<DbPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.expose());
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.custom_setup = Box::new(|url| {
+        let url = url.to_string();
+        async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            diesel::sql_query(format!(
+                "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        settings.url.expose(),
+        config,
+    );
     let pool = Pool::builder()
         .max_size(settings.pool_size)
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))

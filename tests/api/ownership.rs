@@ -395,3 +395,47 @@ async fn a_lease_taken_after_waiting_behind_a_commit_in_flight_runs_from_when_it
 async fn run_sql_on(conn: &mut diesel_async::AsyncPgConnection, sql: &str) {
     diesel::sql_query(sql).execute(conn).await.expect("sql");
 }
+
+#[actix_web::test]
+async fn a_transaction_left_open_by_a_stalled_node_does_not_hold_a_takeover_back() {
+    use diesel_async::{AnsiTransactionManager, TransactionManager};
+    let app = spawn_app().await;
+    let r = app.restaurant("stalled", 1, 1).await;
+    let ttl = Duration::from_millis(300);
+    let mut taker = app.db().await;
+    leases::acquire(&mut taker, r.id, "node-a", ttl, Takeover::Always)
+        .await
+        .expect("sql")
+        .expect("node A holds it");
+    // A connection of the server's own pool, as its writer would hold it: a write transaction begun,
+    // the lease row locked shared, and then nothing more (the process stopped).
+    let pool = app.handle.as_ref().expect("running").context().pool;
+    let mut stalled = pool.get().await.expect("a pooled connection");
+    AnsiTransactionManager::begin_transaction(&mut *stalled)
+        .await
+        .expect("begin");
+    run_sql_on(
+        &mut stalled,
+        &format!(
+            "SELECT 1 FROM restaurant_leases WHERE restaurant_id = '{}' FOR SHARE",
+            r.id
+        ),
+    )
+    .await;
+    // Postgres ends the idle transaction; the takeover that waited for it goes through.
+    let taken = tokio::time::timeout(
+        PATIENCE,
+        leases::acquire(&mut taker, r.id, "node-b", ttl, Takeover::Always),
+    )
+    .await
+    .expect("the takeover was not held back by the stalled transaction")
+    .expect("sql")
+    .expect("taken");
+    assert_eq!(taken.lease.node_id, "node-b");
+    assert!(
+        AnsiTransactionManager::commit_transaction(&mut *stalled)
+            .await
+            .is_err(),
+        "the stalled transaction commits nothing"
+    );
+}

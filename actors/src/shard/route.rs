@@ -110,6 +110,11 @@ impl ShardSupervisor {
             return Reply::<()>::Done(Err(EngineError::Invalid("unreadable command".into())))
                 .encode();
         };
+        // Shutting down: nothing new is taken here (its writers are draining, its leases about to be
+        // released); the sender waits for the release and takes the restaurant over itself.
+        if self.draining() {
+            return Reply::<()>::NotOwner.encode();
+        }
         let id = envelope.restaurant_id;
         macro_rules! here {
             ($msg:expr) => {
