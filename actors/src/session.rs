@@ -63,6 +63,8 @@ pub struct SocketSession {
     resume: Option<(String, u64)>,
     subscription: Option<u64>,
     subscribing: bool,
+    /// The client has sent a message (a `resume` is only accepted as the first).
+    spoke: bool,
     last_heard: Instant,
     window_start: Instant,
     window_count: u32,
@@ -91,6 +93,7 @@ impl SocketSession {
             resume,
             subscription: None,
             subscribing: false,
+            spoke: false,
             last_heard: now,
             window_start: now,
             window_count: 0,
@@ -160,12 +163,18 @@ impl SocketSession {
         };
         match msg {
             ClientMsg::Resume { epoch, since } => {
-                if self.subscription.is_some() || self.subscribing {
+                if self.spoke {
                     self.error(
                         None,
                         "invalid_request",
                         "resume must be the first message".into(),
                     );
+                    return;
+                }
+                self.spoke = true;
+                if self.subscription.is_some() || self.subscribing {
+                    // The client's first message, but after the resume grace: the socket was
+                    // subscribed with a snapshot already, which brings it up to date.
                     return;
                 }
                 self.resume = Some((epoch, since));
@@ -176,6 +185,7 @@ impl SocketSession {
                 order_id,
                 status,
             } => {
+                self.spoke = true;
                 if self.audience != Audience::Kitchen {
                     self.error(
                         Some(request_id),

@@ -336,3 +336,31 @@ async fn an_inbound_frame_over_the_limit_closes_the_socket_with_1009() {
         .await;
     assert_eq!(table.closed_with().await, Some(1009));
 }
+
+#[actix_web::test]
+async fn a_resume_that_comes_after_the_grace_is_not_an_error_but_a_second_one_is() {
+    let app = spawn_app().await;
+    let r = app.restaurant("late", 1, 1).await;
+    let chef = app.login_chef(&r).await;
+    let mut kitchen = app.kitchen_socket(&chef, "").await;
+    // No resume within the grace: subscribed with a snapshot.
+    let (epoch, seq, _) = kitchen.hello_snapshot().await;
+    // The client's first message, late (its hello was slow to arrive): nothing to answer.
+    kitchen
+        .send_json(&json!({"type": "resume", "epoch": epoch, "since": seq}))
+        .await;
+    // A second resume is out of place.
+    kitchen
+        .send_json(&json!({"type": "resume", "epoch": epoch, "since": seq}))
+        .await;
+    match kitchen.next().await {
+        ServerMsg::Error { error, .. } => assert_eq!(error, "invalid_request"),
+        other => panic!("expected an error for the second resume, got {other:?}"),
+    }
+    // And the stream goes on.
+    assert_eq!(app.set_accepting(&chef, false).await.status(), 200);
+    match kitchen.next().await {
+        ServerMsg::Restaurant { seq: s, .. } => assert_eq!(s, seq + 1),
+        other => panic!("expected the event, got {other:?}"),
+    }
+}

@@ -50,6 +50,8 @@ const LEFT_EPOCHS: usize = 4;
 /// First and longest wait before asking an unreachable owner again.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Joining sockets asked for in one sync at most (their distinct audiences, really).
+const JOIN_BATCH: usize = 8192;
 /// A relay without sockets for this long stops.
 const IDLE_STOP: Duration = Duration::from_secs(30);
 
@@ -197,12 +199,21 @@ impl RelayActor {
             }
         }
         let subscribed = audiences.len();
-        let joining = std::mem::take(&mut self.joining);
-        audiences.extend(
-            joining
-                .iter()
-                .map(|j| (j.msg.audience, j.msg.table_token.clone())),
-        );
+        // Each distinct audience is asked for once, however many sockets share it (a kitchen's
+        // snapshot can be megabytes), and a storm of joining sockets goes in batches.
+        let take = self.joining.len().min(JOIN_BATCH);
+        let joining: Vec<Joining> = self.joining.drain(..take).collect();
+        let mut index: HashMap<(Audience, Option<String>), usize> = HashMap::new();
+        let joining_at: Vec<usize> = joining
+            .iter()
+            .map(|j| {
+                let key = (j.msg.audience, j.msg.table_token.clone());
+                *index.entry(key.clone()).or_insert_with(|| {
+                    audiences.push(key);
+                    audiences.len() - 1
+                })
+            })
+            .collect();
         self.asking = true;
         let asked = audiences.clone();
         ctx.spawn(
@@ -214,11 +225,11 @@ impl RelayActor {
                     match answer {
                         Ok(synced) if synced.snapshots.len() == asked.len() => {
                             act.retry = RETRY_MIN;
-                            act.synced(ctx, synced, full, &asked, subscribed, joining);
+                            act.synced(ctx, synced, full, &asked, subscribed, joining, &joining_at);
                         }
                         Ok(_) | Err(EngineError::Unavailable) => {
                             // The owner is away (dying, moving, paused): sockets stay; ask again.
-                            act.joining.extend(joining);
+                            act.joining.splice(0..0, joining);
                             if full {
                                 act.stream = Stream::Resync;
                             }
@@ -250,18 +261,24 @@ impl RelayActor {
         asked: &[(Audience, Option<String>)],
         subscribed: usize,
         joining: Vec<Joining>,
+        joining_at: &[usize],
     ) {
         self.owner = synced.node_id.clone();
-        let mut snapshots = synced.snapshots.into_iter();
+        // Shared, not copied, by every socket of an audience.
+        let snapshots: Vec<Option<ByteString>> = synced
+            .snapshots
+            .into_iter()
+            .map(|s| s.map(ByteString::from))
+            .collect();
         if full {
             if self.ring.epoch() != synced.epoch {
                 self.leave(self.ring.epoch().to_string());
             }
             self.left.retain(|e| *e != synced.epoch);
             self.ring = EventRing::continuing(synced.epoch.clone(), synced.seq, self.ring_size);
-            for ((audience, _), snapshot) in asked[..subscribed].iter().zip(snapshots.by_ref()) {
+            for ((audience, _), snapshot) in asked[..subscribed].iter().zip(&snapshots) {
                 match (snapshot, audience) {
-                    (Some(text), _) => self.subscribers.send_to(*audience, &text.into()),
+                    (Some(text), _) => self.subscribers.send_to(*audience, text),
                     (None, Audience::Table(t)) => {
                         self.subscribers.close_table(*t, close_code::POLICY);
                         self.tokens.remove(t);
@@ -287,13 +304,14 @@ impl RelayActor {
             self.resync(ctx, "epoch");
             return;
         }
-        for (join, snapshot) in joining.into_iter().zip(snapshots) {
+        for (join, at) in joining.into_iter().zip(joining_at) {
+            let snapshot = snapshots.get(*at).cloned().flatten();
             self.admit(join, snapshot, &synced.epoch, synced.seq);
         }
     }
 
     /// A joining socket with its snapshot taken at `(epoch, seq)`.
-    fn admit(&mut self, join: Joining, snapshot: Option<String>, epoch: &str, seq: u64) {
+    fn admit(&mut self, join: Joining, snapshot: Option<ByteString>, epoch: &str, seq: u64) {
         let Some(text) = snapshot else {
             let _ = join.reply.send(Err(EngineError::NotFound(Missing::Table)));
             return;
@@ -311,7 +329,7 @@ impl RelayActor {
                 let _ = join.msg.sink.send_text(s.into());
             }
         }
-        if join.msg.sink.send_text(text.into()).is_err() {
+        if join.msg.sink.send_text(text).is_err() {
             let _ = join.reply.send(Ok(0));
             return;
         }
