@@ -70,6 +70,15 @@ struct Joining {
     reply: oneshot::Sender<Result<u64, EngineError>>,
 }
 
+/// What one sync asked for: every subscribed audience first when `full` (`subscribed` of them), then
+/// the distinct audiences of the joining sockets; `joining_at[i]` is joining socket `i`'s.
+struct Batch<'a> {
+    full: bool,
+    asked: &'a [(Audience, Option<String>)],
+    subscribed: usize,
+    joining_at: &'a [usize],
+}
+
 /// A socket that has its snapshot (taken at `from`) and waits for the stream here to reach it.
 struct Waiting {
     join: Joining,
@@ -225,7 +234,13 @@ impl RelayActor {
                     match answer {
                         Ok(synced) if synced.snapshots.len() == asked.len() => {
                             act.retry = RETRY_MIN;
-                            act.synced(ctx, synced, full, &asked, subscribed, joining, &joining_at);
+                            let batch = Batch {
+                                full,
+                                asked: &asked,
+                                subscribed,
+                                joining_at: &joining_at,
+                            };
+                            act.synced(ctx, synced, batch, joining);
                         }
                         Ok(_) | Err(EngineError::Unavailable) => {
                             // The owner is away (dying, moving, paused): sockets stay; ask again.
@@ -257,12 +272,15 @@ impl RelayActor {
         &mut self,
         ctx: &mut Context<Self>,
         synced: RelaySynced,
-        full: bool,
-        asked: &[(Audience, Option<String>)],
-        subscribed: usize,
+        batch: Batch<'_>,
         joining: Vec<Joining>,
-        joining_at: &[usize],
     ) {
+        let Batch {
+            full,
+            asked,
+            subscribed,
+            joining_at,
+        } = batch;
         self.owner = synced.node_id.clone();
         // Shared, not copied, by every socket of an audience.
         let snapshots: Vec<Option<ByteString>> = synced
