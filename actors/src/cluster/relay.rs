@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 use scan2order_schema::domain::{RestaurantId, TableId};
-use scan2order_schema::wire::{Order, ServerMsg};
+use scan2order_schema::wire::Order;
 use tokio::sync::oneshot;
 
 use super::frames::{self, FrameHead};
 use crate::restaurant::{
-    Audience, ChangeStatus, CloseAll, CloseStaffSockets, EngineError, EventRing, Missing,
-    RelaySync, RelaySynced, SayHello, Subscribe, Subscribers, Unsubscribe,
+    send_hello, Audience, ChangeStatus, CloseAll, CloseStaffSockets, EngineError, EventRing,
+    Missing, RelaySync, RelaySynced, SayHello, Subscribe, Subscribers, Unsubscribe,
 };
 use crate::sink::{close_code, SocketSink};
 
@@ -150,19 +150,8 @@ impl RelayActor {
         }
     }
 
-    /// The node this relay last heard the restaurant from.
-    pub fn owner(&self) -> Option<&str> {
-        self.owner.as_deref()
-    }
-
     fn push_hello(&self, sink: &SocketSink) {
-        let hello = ServerMsg::Hello {
-            epoch: self.ring.epoch().to_string(),
-            seq: self.ring.seq(),
-        };
-        if let Ok(s) = serde_json::to_string(&hello) {
-            let _ = sink.send_text(s.into());
-        }
+        send_hello(sink, self.ring.epoch(), self.ring.seq());
     }
 
     fn is_empty(&self) -> bool {
@@ -339,13 +328,7 @@ impl RelayActor {
             return;
         }
         if join.msg.hello {
-            let hello = ServerMsg::Hello {
-                epoch: epoch.to_string(),
-                seq,
-            };
-            if let Ok(s) = serde_json::to_string(&hello) {
-                let _ = join.msg.sink.send_text(s.into());
-            }
+            send_hello(&join.msg.sink, epoch, seq);
         }
         if join.msg.sink.send_text(text).is_err() {
             let _ = join.reply.send(Ok(0));
@@ -671,37 +654,5 @@ impl Handler<LiveNodes> for RelayActor {
                 self.resync(ctx, "owner_dead");
             }
         }
-    }
-}
-
-/// What a relay follows and holds (tests, operators).
-#[derive(Message)]
-#[rtype(result = "RelayStats")]
-pub struct GetRelayStats;
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RelayStats {
-    pub restaurant_id: RestaurantId,
-    pub epoch: String,
-    pub seq: u64,
-    pub live: bool,
-    pub owner: Option<String>,
-    pub kitchen_sockets: usize,
-    pub table_sockets: usize,
-}
-
-impl Handler<GetRelayStats> for RelayActor {
-    type Result = MessageResult<GetRelayStats>;
-
-    fn handle(&mut self, _: GetRelayStats, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(RelayStats {
-            restaurant_id: self.id,
-            epoch: self.ring.epoch().to_string(),
-            seq: self.ring.seq(),
-            live: self.stream == Stream::Live,
-            owner: self.owner.clone(),
-            kitchen_sockets: self.subscribers.kitchen_count(),
-            table_sockets: self.subscribers.table_count(),
-        })
     }
 }

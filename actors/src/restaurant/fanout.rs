@@ -180,13 +180,18 @@ impl RestaurantActor {
     }
 
     fn push_hello(&self, sink: &SocketSink) {
-        let hello = ServerMsg::Hello {
-            epoch: self.ring.epoch().to_string(),
-            seq: self.ring.seq(),
-        };
-        if let Ok(s) = serde_json::to_string(&hello) {
-            let _ = sink.send_text(s.into());
-        }
+        send_hello(sink, self.ring.epoch(), self.ring.seq());
+    }
+}
+
+/// Sends a socket `hello` with the stream's position (the restaurant actor's, or a relay's).
+pub(crate) fn send_hello(sink: &SocketSink, epoch: &str, seq: u64) {
+    let hello = ServerMsg::Hello {
+        epoch: epoch.to_string(),
+        seq,
+    };
+    if let Ok(s) = serde_json::to_string(&hello) {
+        let _ = sink.send_text(s.into());
     }
 }
 

@@ -53,7 +53,7 @@ pub use menu::{GetKitchenInfo, GetTableMenu, SetAccepting, SetAvailability, Tabl
 pub use orders::{ChangeStatus, GetLiveOrders, PlaceOrder, PlacedOrder};
 
 pub(crate) use event_ring::EventRing;
-pub(crate) use fanout::Subscribers;
+pub(crate) use fanout::{send_hello, Subscribers};
 use menu::Menu;
 use order_book::OrderBook;
 use orders::PendingKeys;
