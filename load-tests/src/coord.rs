@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::accounting::Audience;
 use crate::http::HttpPool;
 use crate::setup::Plan;
-use crate::stats::{c, now_ns, proc_sample, ProcFigures, ProcSample, Report, WorkerReport};
+use crate::stats::{c, fleet_sample, now_ns, ProcFigures, ProcSample, Report, WorkerReport};
 use crate::worker::{run_worker, Control, RunCfg, Scenario, WorkerEvent};
 use crate::ws::WsConn;
 
@@ -36,7 +36,11 @@ struct ProgressTable {
 
 /// Options of the coordinator that workers do not need.
 pub struct CoordOpts {
-    pub server_pid: Option<u32>,
+    /// The server's processes (a fleet's nodes): RSS and CPU are their sums.
+    pub server_pids: Vec<u32>,
+    /// `sockets`: one menu event per restaurant every this many seconds of the hold (0: one event to
+    /// every socket before the hold and one after).
+    pub pulse_every_s: f64,
     pub json: Option<PathBuf>,
     pub max_errors: Option<u64>,
     pub params: serde_json::Value,
@@ -80,8 +84,9 @@ impl Coordinator {
         let (demux_tx, from) = mpsc::unbounded_channel::<WorkerEvent>();
         let progress = Arc::new(Mutex::new(ProgressTable::default()));
         let server = Arc::new(Mutex::new(ProcFigures::default()));
-        if let Some(pid) = opts.server_pid {
-            let s = proc_sample(pid).with_context(|| format!("cannot read /proc/{pid}"))?;
+        if !opts.server_pids.is_empty() {
+            let s = fleet_sample(&opts.server_pids)
+                .with_context(|| format!("cannot read /proc of {:?}", opts.server_pids))?;
             lock(&server).before = Some(s);
         }
         let mut to = Vec::new();
@@ -176,7 +181,8 @@ impl Coordinator {
         }
         // Progress printer.
         {
-            let (progress, server, pid) = (progress.clone(), server.clone(), opts.server_pid);
+            let (progress, server, pids) =
+                (progress.clone(), server.clone(), opts.server_pids.clone());
             let started = Instant::now();
             tokio::spawn(async move {
                 let mut last: BTreeMap<String, u64> = BTreeMap::new();
@@ -218,8 +224,8 @@ impl Coordinator {
                     if let Some(p) = p99 {
                         line.push_str(&format!(" | order→kitchen p99 {p:.1} ms"));
                     }
-                    if let Some(pid) = pid {
-                        if let Some(s) = proc_sample(pid) {
+                    if !pids.is_empty() {
+                        if let Some(s) = fleet_sample(&pids) {
                             let mut sv = lock(&server);
                             sv.peak_rss_kib = sv.peak_rss_kib.max(s.rss_kib);
                             line.push_str(&format!(" | server rss {} MiB", s.rss_kib / 1024));
@@ -436,7 +442,7 @@ impl Coordinator {
     }
 
     fn sample_server(&self) -> Option<ProcSample> {
-        self.opts.server_pid.and_then(proc_sample)
+        fleet_sample(&self.opts.server_pids)
     }
 
     async fn sample_workers(&mut self) -> anyhow::Result<u64> {
@@ -490,6 +496,9 @@ impl Coordinator {
     }
 
     async fn run_sockets(&mut self) -> anyhow::Result<()> {
+        if self.opts.pulse_every_s > 0.0 {
+            return self.run_pulses().await;
+        }
         // One event to every socket, then measure memory.
         let mut id = 1u64 << 60;
         for r in 0..self.restaurants_used() {
@@ -548,7 +557,7 @@ impl Coordinator {
             .lines()
             .last()
             .and_then(|l| l.trim().parse::<u32>().ok());
-        self.opts.server_pid = new_pid;
+        self.opts.server_pids = new_pid.into_iter().collect();
         let deadline = Instant::now() + Duration::from_secs_f64(self.opts.resume_timeout_s);
         let (mut n, mut last, mut first_close);
         loop {
@@ -603,6 +612,67 @@ impl Coordinator {
                 self.opts.resume_timeout_s
             );
         }
+        Ok(())
+    }
+
+    /// `sockets --pulse-every`: the hold with one menu event per restaurant per period. Memory is read
+    /// once the first round has reached every socket; the schedule runs in the workers.
+    async fn run_pulses(&mut self) -> anyhow::Result<()> {
+        let period_ms = (self.opts.pulse_every_s * 1000.0).round().max(1.0) as u64;
+        let rounds = ((self.opts.hold_s * 1000.0) / period_ms as f64)
+            .floor()
+            .max(1.0) as u32;
+        let start_ns = now_ns() + 2_000_000_000;
+        self.broadcast(Control::Pulse {
+            start_ns,
+            rounds,
+            period_ms,
+        });
+        eprintln!(
+            "holding: {rounds} rounds of one menu event per restaurant ({} restaurants) every {:.0} s",
+            self.restaurants_used(),
+            self.opts.pulse_every_s
+        );
+        // Memory with every socket open and the first round delivered.
+        let first = start_ns + period_ms * 1_000_000 + self.cfg.settle_ms * 1_000_000;
+        tokio::time::sleep(Duration::from_nanos(first.saturating_sub(now_ns()))).await;
+        let loaded = self.sample_server();
+        lock(&self.server).loaded = loaded;
+        let tool = self.sample_workers().await?;
+        eprintln!(
+            "first round delivered; server rss {} KiB, tool rss {tool} KiB",
+            loaded.map_or(0, |s| s.rss_kib)
+        );
+        let end = start_ns + u64::from(rounds) * period_ms * 1_000_000;
+        let limit = Duration::from_nanos(end.saturating_sub(now_ns())) + Duration::from_secs(120);
+        let (mut done, mut fired, mut late) = (0, 0u64, 0f64);
+        while done < self.to.len() {
+            if let WorkerEvent::Pulsed {
+                fired_ok,
+                latest_send_ms,
+                ..
+            } = self.next(limit).await?
+            {
+                done += 1;
+                fired += fired_ok;
+                late = late.max(latest_send_ms);
+            }
+        }
+        let planned = u64::from(rounds) * u64::from(self.restaurants_used());
+        let f = &mut self.report.figures;
+        f.insert("pulse_rounds".into(), f64::from(rounds));
+        f.insert("pulse_events_planned".into(), planned as f64);
+        f.insert("pulse_events_answered_200".into(), fired as f64);
+        f.insert("pulse_latest_send_behind_schedule_ms".into(), late);
+        if fired < planned {
+            self.report
+                .errors
+                .insert("pulse_events_not_answered_200".into(), planned - fired);
+        }
+        self.report.notes.push(format!(
+            "held {:.0} s: {rounds} rounds of one menu event per restaurant; event latency counts from each event's scheduled send (its sender was at most {late:.1} ms behind)",
+            self.opts.hold_s
+        ));
         Ok(())
     }
 
@@ -728,7 +798,7 @@ impl Coordinator {
             *self.report.errors.entry(k).or_default() += v;
         }
         self.report.duration_s = self.started.elapsed().as_secs_f64();
-        if self.opts.server_pid.is_some() {
+        if !self.opts.server_pids.is_empty() {
             let mut sv = lock(&self.server).clone();
             sv.after = self.sample_server();
             if let Some(a) = sv.after {

@@ -86,6 +86,15 @@ enum Command {
         /// With --restart-cmd: how long sockets keep reconnecting, and how long the storm may take, s.
         #[arg(long, default_value_t = 60.0)]
         resume_timeout: f64,
+        /// Workers that hold each restaurant's sockets (0: every worker, round robin). With
+        /// `--nodes`, the number of nodes each restaurant's guests are spread over.
+        #[arg(long, default_value_t = 0)]
+        spread: u32,
+        /// While holding, one menu event per restaurant every this many seconds (sold out, then back,
+        /// the restaurants' events spread evenly over the period), each counted at every socket of
+        /// its restaurant; 0: one event to every socket before the hold and one after.
+        #[arg(long, default_value_t = 0.0)]
+        pulse_every: f64,
     },
     /// Guests place orders at a target rate; kitchen sockets listen; a kitchen bot advances statuses.
     Orders {
@@ -244,9 +253,18 @@ struct Generation {
 /// Options of every run.
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Server pid: RSS and CPU are read from /proc/<pid>.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server pid (a fleet: the nodes' pids, comma-separated): RSS and CPU are read from
+    /// /proc/<pid> and summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// A fleet: worker i sends its HTTP calls to the (i mod n)-th of these node URLs
+    /// (comma-separated; default: --url).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// A fleet: worker i opens its sockets on the (i mod n)-th of these node URLs (default: as its
+    /// HTTP calls), e.g. orders through one node and kitchen sockets on another.
+    #[arg(long, value_delimiter = ',')]
+    socket_nodes: Vec<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -296,6 +314,11 @@ struct Common {
     db_restaurants: usize,
     #[arg(long, default_value_t = 20)]
     db_tables: usize,
+    /// A fleet: read restaurant i's menu while planning through the (i mod n)-th of these node URLs
+    /// (comma-separated). A restaurant no node runs yet starts on the node that reads it, so this
+    /// places the restaurants' owners.
+    #[arg(long, value_delimiter = ',')]
+    activate_via: Vec<String>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -311,13 +334,17 @@ fn parse_statuses(s: &str) -> anyhow::Result<Vec<OrderStatus>> {
         .collect()
 }
 
-fn base_cfg(scenario: Scenario, run: &RunArgs) -> RunCfg {
+fn targets(urls: &[String]) -> anyhow::Result<Vec<Target>> {
+    urls.iter().map(|u| Target::parse(u)).collect()
+}
+
+fn base_cfg(scenario: Scenario, run: &RunArgs) -> anyhow::Result<RunCfg> {
     let bind_base = run.bind_base.or(if run.processes > 1 {
         Some(Ipv4Addr::new(127, 0, 0, 2))
     } else {
         None
     });
-    RunCfg {
+    Ok(RunCfg {
         scenario,
         processes: run.processes.max(1),
         bind_base,
@@ -344,12 +371,16 @@ fn base_cfg(scenario: Scenario, run: &RunArgs) -> RunCfg {
         fault: run.inject_fault,
         run_id: format!("{:016x}", rand::random::<u64>()),
         reconnect_patience_s: 0.0,
-    }
+        nodes: targets(&run.nodes)?,
+        socket_nodes: targets(&run.socket_nodes)?,
+        spread: 0,
+    })
 }
 
 fn opts(run: &RunArgs, params: serde_json::Value) -> CoordOpts {
     CoordOpts {
-        server_pid: run.server_pid,
+        server_pids: run.server_pid.clone(),
+        pulse_every_s: 0.0,
         json: run.json.clone(),
         max_errors: run.max_errors,
         params,
@@ -388,6 +419,7 @@ async fn plan_from(common: &Common) -> anyhow::Result<Plan> {
         database_url: common.database_url.as_deref(),
         db_restaurants: common.db_restaurants,
         db_tables: common.db_tables,
+        activate_via: targets(&common.activate_via)?,
         bind: None,
     })
     .await
@@ -451,20 +483,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             hold,
             restart_cmd,
             resume_timeout,
+            spread,
+            pulse_every,
         } => {
             let plan = plan_from(&common).await?;
-            let mut cfg = base_cfg(Scenario::Sockets, &common.run);
+            let mut cfg = base_cfg(Scenario::Sockets, &common.run)?;
             cfg.sockets = sockets;
             cfg.restaurants = restaurants;
             cfg.tables = tables;
             cfg.kitchen_per_restaurant = kitchen_per_restaurant;
+            cfg.spread = spread;
             let params = serde_json::json!({
                 "sockets": sockets, "restaurants": restaurants.min(plan.restaurants.len()),
                 "tables": tables, "kitchen_per_restaurant": kitchen_per_restaurant, "hold_s": hold,
                 "processes": cfg.processes, "fast_subscribe": cfg.fast_subscribe,
+                "nodes": cfg.nodes.len(), "spread": spread, "pulse_every_s": pulse_every,
             });
             let mut o = opts(&common.run, params);
             o.hold_s = hold;
+            o.pulse_every_s = pulse_every;
+            if pulse_every > 0.0 && restart_cmd.is_some() {
+                anyhow::bail!("--pulse-every and --restart-cmd are separate runs");
+            }
             if restart_cmd.is_some() {
                 cfg.reconnect_patience_s = resume_timeout;
                 o.restart_cmd = restart_cmd;
@@ -474,7 +514,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Orders { common, gen } => {
             let plan = plan_from(&common).await?;
-            let mut cfg = base_cfg(Scenario::Orders, &common.run);
+            let mut cfg = base_cfg(Scenario::Orders, &common.run)?;
             apply_generation(&mut cfg, &gen)?;
             let params = serde_json::json!({
                 "rate": gen.rate, "duration_s": gen.duration,
@@ -488,7 +528,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Fanout { common, fan } => {
             let plan = plan_from(&common).await?;
-            let mut cfg = base_cfg(Scenario::Fanout, &common.run);
+            let mut cfg = base_cfg(Scenario::Fanout, &common.run)?;
             cfg.sockets = fan.sockets;
             cfg.restaurants = 1;
             let params = serde_json::json!({
@@ -509,7 +549,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             menu_reads_per_order,
         } => {
             let plan = plan_from(&common).await?;
-            let mut cfg = base_cfg(Scenario::Mixed, &common.run);
+            let mut cfg = base_cfg(Scenario::Mixed, &common.run)?;
             apply_generation(&mut cfg, &gen)?;
             cfg.churn_per_s = churn_per_s;
             cfg.toggles_per_s = toggles_per_s;
@@ -583,7 +623,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     }],
                     customer_tokens: Vec::new(),
                 };
-                let mut cfg = base_cfg(Scenario::BaselineFanout, &r);
+                let mut cfg = base_cfg(Scenario::BaselineFanout, &r)?;
                 cfg.sockets = fan.sockets;
                 cfg.restaurants = 1;
                 cfg.kitchen_per_restaurant = 0;

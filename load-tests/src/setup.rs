@@ -155,6 +155,9 @@ pub struct SetupArgs<'a> {
     pub database_url: Option<&'a str>,
     pub db_restaurants: usize,
     pub db_tables: usize,
+    /// A fleet: restaurant i's menu is read through `activate_via[i % n]` (empty: `target`), so a
+    /// restaurant no node runs yet starts there.
+    pub activate_via: Vec<Target>,
     pub bind: Option<IpAddr>,
 }
 
@@ -206,7 +209,20 @@ pub async fn build_plan(args: SetupArgs<'_>) -> anyhow::Result<Plan> {
     });
     let mut admin_token: Option<String> = None;
     let mut restaurants = Vec::new();
-    for (slug, tables) in by_slug {
+    let via: Vec<Arc<HttpPool>> = args
+        .activate_via
+        .iter()
+        .map(|t| {
+            HttpPool::new(
+                t.addr,
+                args.bind,
+                t.host.clone(),
+                8,
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    for (n, (slug, tables)) in by_slug.into_iter().enumerate() {
         let chef = seed.iter().find_map(|l| match l {
             SeedLine::Login {
                 role,
@@ -234,7 +250,12 @@ pub async fn build_plan(args: SetupArgs<'_>) -> anyhow::Result<Plan> {
             .first()
             .map(|(_, t)| t.clone())
             .with_context(|| format!("restaurant {slug} has no tables"))?;
-        let resp = pool
+        let reader = if via.is_empty() {
+            &pool
+        } else {
+            &via[n % via.len()]
+        };
+        let resp = reader
             .call("GET", &format!("/api/v1/tables/{first}"), &[], None)
             .await
             .map_err(|e| anyhow::anyhow!("reading the menu of {slug}: {e}"))?;

@@ -217,6 +217,22 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// The sum over several processes (a fleet's nodes); `None` when any of them cannot be read.
+pub fn fleet_sample(pids: &[u32]) -> Option<ProcSample> {
+    let mut sum: Option<ProcSample> = None;
+    for pid in pids {
+        let s = proc_sample(*pid)?;
+        let acc = sum.get_or_insert(ProcSample {
+            rss_kib: 0,
+            cpu_ms: 0,
+            at_ns: s.at_ns,
+        });
+        acc.rss_kib += s.rss_kib;
+        acc.cpu_ms += s.cpu_ms;
+    }
+    sum
+}
+
 pub fn self_sample() -> Option<ProcSample> {
     proc_sample(std::process::id())
 }

@@ -22,9 +22,11 @@ use uuid::Uuid;
 
 use crate::accounting::{order_note, Audience, Fault, FaultInjector, Ledger, Seen, SeqTrack};
 use crate::http::HttpPool;
-use crate::setup::Plan;
+use crate::setup::{Plan, Target};
 use crate::stats::{c, h, now_ns, self_sample, ProcFigures, Stats, WorkerReport};
 use crate::ws::{Msg, ReadOutcome, WsConn};
+
+mod pulse;
 
 /// Which scenario a run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +96,16 @@ pub struct RunCfg {
     /// not an error.
     #[serde(default)]
     pub reconnect_patience_s: f64,
+    /// A fleet: worker `i` sends its HTTP calls to `nodes[i % n]` (empty: the plan's target).
+    #[serde(default)]
+    pub nodes: Vec<Target>,
+    /// A fleet: worker `i` opens its sockets on `socket_nodes[i % n]` (empty: as its HTTP calls).
+    #[serde(default)]
+    pub socket_nodes: Vec<Target>,
+    /// `sockets`: how many workers hold each restaurant's sockets (0: every worker, round robin).
+    /// With one node per worker, the nodes each restaurant's guests are spread over.
+    #[serde(default)]
+    pub spread: u32,
 }
 
 impl RunCfg {
@@ -108,6 +120,20 @@ impl RunCfg {
     fn baseline(&self) -> bool {
         self.scenario == Scenario::BaselineFanout
     }
+
+    /// Where worker `i` sends its HTTP calls.
+    pub fn http_target<'a>(&'a self, plan: &'a Plan, worker: u32) -> &'a Target {
+        pick(&self.nodes, worker).unwrap_or(&plan.target)
+    }
+
+    /// Where worker `i` opens its sockets.
+    pub fn socket_target<'a>(&'a self, plan: &'a Plan, worker: u32) -> &'a Target {
+        pick(&self.socket_nodes, worker).unwrap_or_else(|| self.http_target(plan, worker))
+    }
+}
+
+fn pick(nodes: &[Target], worker: u32) -> Option<&Target> {
+    (!nodes.is_empty()).then(|| &nodes[worker as usize % nodes.len()])
 }
 
 /// Coordinator → worker.
@@ -130,6 +156,12 @@ pub enum Control {
     Sample,
     /// Start generating (orders, mixed).
     Go,
+    /// `sockets --pulse-every`: run the menu events' schedule (see [`pulse`]).
+    Pulse {
+        start_ns: u64,
+        rounds: u32,
+        period_ms: u64,
+    },
     /// Close everything and report.
     Stop,
 }
@@ -176,6 +208,13 @@ pub enum WorkerEvent {
     },
     GenerationDone {
         worker: u32,
+    },
+    /// The schedule of menu events is over: how many of this worker's were answered 200, and how
+    /// late its latest send was against the schedule.
+    Pulsed {
+        worker: u32,
+        fired_ok: u64,
+        latest_send_ms: f64,
     },
     Report(Box<WorkerReport>),
     Failed {
@@ -260,7 +299,20 @@ fn assign_slots(plan: &Plan, cfg: &RunCfg, idx: u32) -> Vec<Slot> {
                 u64::from(cfg.kitchen_per_restaurant)
             };
             let kitchens = (rcount as u64) * k;
-            for g in (0..cfg.sockets).filter(|g| g % p == u64::from(idx)) {
+            let spread = u64::from(cfg.spread).min(p);
+            // Socket g's worker: round robin, or one of the `spread` workers of its restaurant.
+            let holder = |g: u64| {
+                if spread == 0 {
+                    return g % p;
+                }
+                if g < kitchens {
+                    return (g / k.max(1)) % p;
+                }
+                let j = g - kitchens;
+                let r = j % rcount as u64;
+                (r + (j / rcount as u64) % spread) % p
+            };
+            for g in (0..cfg.sockets).filter(|g| holder(*g) == u64::from(idx)) {
                 let audience = if g < kitchens {
                     Audience::Kitchen {
                         restaurant: (g / k.max(1)) as u32,
@@ -361,6 +413,26 @@ impl Worker {
 
     fn stopped(&self) -> bool {
         *self.stop.borrow()
+    }
+
+    /// A `menu_item` event reached one of this worker's sockets: its guests now choose accordingly
+    /// (as the guest app does).
+    fn saw_availability(&self, r: u32, item: Uuid, available: bool) {
+        let rp = &self.plan.restaurants[r as usize];
+        if let Some(i) = rp.items.iter().position(|(id, _)| *id == item) {
+            self.availability[r as usize][i].store(available, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether every one of `items` is available as far as this worker knows now.
+    fn all_available(&self, r: u32, items: &[Uuid]) -> bool {
+        let rp = &self.plan.restaurants[r as usize];
+        items.iter().all(|item| {
+            rp.items
+                .iter()
+                .position(|(id, _)| id == item)
+                .is_none_or(|i| self.availability[r as usize][i].load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -585,6 +657,12 @@ impl Conn {
             ServerMsg::MenuItem {
                 item_id, available, ..
             } => {
+                if w.cfg.scenario != Scenario::Mixed {
+                    // (`mixed` toggles its own restaurants and tracks their state itself.)
+                    let (Audience::Kitchen { restaurant } | Audience::Table { restaurant, .. }) =
+                        self.audience;
+                    w.saw_availability(restaurant, item_id.get(), *available);
+                }
                 if let Some(lat) =
                     w.ledger
                         .toggle_arrived(item_id.get(), *available, self.audience, now)
@@ -668,14 +746,8 @@ async fn socket_task(
                     .as_deref()
                     .map(|a| vec![("Authorization", a)])
                     .unwrap_or_default();
-                WsConn::connect(
-                    w2.plan.target.addr,
-                    w2.bind,
-                    &w2.plan.target.host,
-                    &path,
-                    &headers,
-                )
-                .await
+                let target = w2.cfg.socket_target(&w2.plan, w2.idx);
+                WsConn::connect(target.addr, w2.bind, &target.host, &path, &headers).await
             })
             .await
         };
@@ -1290,10 +1362,11 @@ async fn run_worker_inner(
     };
     let bind = cfg.bind_for(idx);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let target = cfg.http_target(&plan, idx);
     let http = HttpPool::new(
-        plan.target.addr,
+        target.addr,
         bind,
-        plan.target.host.clone(),
+        target.host.clone(),
         cfg.http_conns,
         Duration::from_secs(30),
     );
@@ -1352,6 +1425,14 @@ async fn run_worker_inner(
     for s in &slots {
         w.ledger.listen(s.audience);
     }
+    let listened: Vec<u32> = slots
+        .iter()
+        .map(|s| match s.audience {
+            Audience::Kitchen { restaurant } | Audience::Table { restaurant, .. } => restaurant,
+        })
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .collect();
     let total = slots.len() as u64;
     let churners = slots.iter().filter(|s| s.churn).count();
     let gate = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
@@ -1457,6 +1538,7 @@ async fn run_worker_inner(
     });
 
     let mut generation: Option<tokio::task::JoinHandle<()>> = None;
+    let mut pulsing = false;
     while let Some(msg) = ctl.recv().await {
         match msg {
             Control::Arm {
@@ -1506,6 +1588,25 @@ async fn run_worker_inner(
                     let _ = out2.send(WorkerEvent::GenerationDone { worker: w2.idx });
                 }));
             }
+            Control::Pulse {
+                start_ns,
+                rounds,
+                period_ms,
+            } => {
+                let schedule = pulse::Schedule {
+                    start_ns,
+                    rounds,
+                    period_ns: period_ms * 1_000_000,
+                    restaurants: cfg.restaurants.min(plan.restaurants.len()).max(1) as u32,
+                };
+                pulsing = true;
+                tokio::spawn(pulse::run(
+                    w.clone(),
+                    listened.clone(),
+                    schedule,
+                    out.clone(),
+                ));
+            }
             Control::Stop => break,
         }
     }
@@ -1537,7 +1638,10 @@ async fn run_worker_inner(
     tool.finish(total);
     let mut report = WorkerReport::from_stats(idx, &w.stats);
     report.completeness = w.ledger.completeness();
-    report.toggles = w.ledger.toggle_summaries();
+    if !pulsing {
+        // (A held fleet's thousands of scheduled events are counted in `completeness` instead.)
+        report.toggles = w.ledger.toggle_summaries();
+    }
     report.tool = tool;
     report.sockets = total;
     if total > 0 && idx == 0 {
@@ -1675,6 +1779,7 @@ async fn place_order(w: &Arc<Worker>, r: u32, bot: &mpsc::UnboundedSender<(Uuid,
             .collect();
         (t, items)
     };
+    let chosen: Vec<Uuid> = items.iter().map(|l| l.menu_item_id.get()).collect();
     let table = &rp.tables[t as usize];
     if w.cfg.scenario == Scenario::Mixed {
         for _ in 0..w.cfg.menu_reads_per_order {
@@ -1731,11 +1836,12 @@ async fn place_order(w: &Arc<Worker>, r: u32, bot: &mpsc::UnboundedSender<(Uuid,
             }
         }
         Ok(resp)
-            if w.cfg.scenario == Scenario::Mixed
-                && resp.status == 409
-                && resp.error_code().as_deref() == Some("item_unavailable") =>
+            if resp.status == 409
+                && resp.error_code().as_deref() == Some("item_unavailable")
+                && (w.cfg.scenario == Scenario::Mixed || !w.all_available(r, &chosen)) =>
         {
-            // Expected in `mixed`: a guest raced a sold-out toggle. Counted, not an error.
+            // A guest raced a sold-out toggle (this run's, or one whose event has reached this
+            // worker since): counted, not an error.
             w.stats.incr(c::ORDERS_SOLD_OUT);
             w.ledger.order_failed(tag);
         }

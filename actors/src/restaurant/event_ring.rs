@@ -68,7 +68,9 @@ impl EventRing {
         EventRing {
             epoch,
             seq: 0,
-            events: VecDeque::with_capacity(capacity.min(1024)),
+            // Grown as events come: a quiet restaurant (or a relay of one) holds no slots, where
+            // 1,024 reserved up front cost 64 KiB each (10,000 restaurants: 640 MiB).
+            events: VecDeque::new(),
             capacity,
         }
     }
@@ -146,6 +148,18 @@ impl EventRing {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    #[test]
+    fn a_ring_reserves_memory_only_for_events_it_holds() {
+        let mut ring = EventRing::new(4096);
+        assert_eq!(
+            ring.events.capacity(),
+            0,
+            "an idle restaurant holds no event slots"
+        );
+        ring.push(None, ByteString::from_static("{}"));
+        assert!(ring.events.capacity() < 64, "{}", ring.events.capacity());
+    }
 
     fn table() -> TableId {
         TableId::from(Uuid::new_v4())

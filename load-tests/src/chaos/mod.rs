@@ -328,6 +328,7 @@ async fn drive(
         database_url: None,
         db_restaurants: 0,
         db_tables: 0,
+        activate_via: Vec::new(),
         bind: None,
     })
     .await?;
