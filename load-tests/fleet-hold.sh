@@ -18,6 +18,9 @@ T=${CARGO_TARGET_DIR:-$HOME/.cache/scan2order/target}/release
 NODES=${NODES:-56} OWNERS=${OWNERS:-4} OWNER_POOL=${OWNER_POOL:-6}
 SOCKETS=${SOCKETS:-1000000} RESTAURANTS=${RESTAURANTS:-10000} TABLES=${TABLES:-20} SPREAD=${SPREAD:-4}
 HOLD=${HOLD:-600} PULSE=${PULSE:-60} RATE=${RATE:-200}
+# Leases a node may miss a renewal or two of while this box is saturated (the default is 3 s); the
+# socket nodes' pool; handshakes in flight per load process.
+LEASE_MS=${LEASE_MS:-10000} SOCKET_POOL=${SOCKET_POOL:-1} CONNECTS=${CONNECTS:-32}
 OUT=${OUT:-/tmp/fleet-hold}
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT"; rm -f "$OUT"/*.log "$OUT"/*.json
@@ -47,6 +50,7 @@ start_node() {
   local name=$1 pool=$2 threads=$3 port; port=$(free_port)
   SCAN2ORDER__CLUSTER__ENABLED=true SCAN2ORDER__CLUSTER__NATS_URL=nats://127.0.0.1:$np \
   SCAN2ORDER__CLUSTER__NODE_ID=$name SCAN2ORDER__DATABASE__POOL_SIZE=$pool \
+  SCAN2ORDER__CLUSTER__LEASE_TTL_MS=$LEASE_MS \
   SCAN2ORDER__HTTP__WORKERS=$threads SCAN2ORDER__ENGINE__SHARDS=$threads \
   SCAN2ORDER__ENGINE__RING_SIZE=4096 SCAN2ORDER__ENGINE__RECENT_KEYS=4096 \
   SCAN2ORDER__HTTP__PORT=$port SCAN2ORDER__HTTP__PUBLIC_BASE_URL=http://127.0.0.1:$port \
@@ -62,7 +66,7 @@ wait_ready() {
   done
 }
 for i in $(seq 1 "$OWNERS"); do start_node "owner-$i" "$OWNER_POOL" 2; owner_urls+=("$url"); done
-for i in $(seq 1 "$NODES"); do start_node "node-$i" 1 1; socket_urls+=("$url"); done
+for i in $(seq 1 "$NODES"); do start_node "node-$i" "$SOCKET_POOL" 1; socket_urls+=("$url"); done
 wait_ready "${owner_urls[@]}" "${socket_urls[@]}"
 echo "fleet: $OWNERS owner nodes, $NODES socket nodes, NATS :$np, database $db"
 
@@ -82,7 +86,7 @@ $T/scan2order-load sockets --url "${owner_urls[0]}" --seed "$OUT/seed.txt" \
   --database-url "$SCAN2ORDER__DATABASE__URL" --db-restaurants "$((RESTAURANTS - 2))" --db-tables "$TABLES" \
   --activate-via "$(join "${owner_urls[@]}")" --nodes "$(join "${socket_urls[@]}")" --processes "$NODES" \
   --spread "$SPREAD" --sockets "$SOCKETS" --restaurants "$RESTAURANTS" --hold "$HOLD" --pulse-every "$PULSE" \
-  --connect-concurrency 128 --connect-timeout-s 600 --server-pid "$(join "${node_pids[@]}")" \
+  --connect-concurrency "$CONNECTS" --connect-timeout-s 600 --server-pid "$(join "${node_pids[@]}")" \
   --json "$OUT/hold.json" >"$OUT/hold.log" 2>&1 & hold=$!; pids+=($hold)
 until grep -q '^holding:' "$OUT/hold.log" 2>/dev/null; do
   kill -0 $hold 2>/dev/null || { tail -20 "$OUT/hold.log"; exit 1; }; sleep 1

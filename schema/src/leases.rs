@@ -111,10 +111,16 @@ pub struct Fence {
 
 /// Extends every lease `node_id` holds by `ttl` from now; returns the leases it still holds (one the
 /// node thought it held and that is missing here was taken over). A released lease stays released.
+///
+/// The rows are locked in restaurant order, the order the writers' fence checks lock them in
+/// ([`fences_out_of_force`]): an update in the table's own order deadlocked against a write
+/// transaction that held one restaurant's row and waited for another's.
 pub async fn renew(conn: &mut DbConn, node_id: &str, ttl: Duration) -> QueryResult<Vec<Fence>> {
     diesel::sql_query(
-        "UPDATE restaurant_leases SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' \
-         WHERE node_id = $1 AND expires_at > 'epoch' RETURNING restaurant_id, fence",
+        "UPDATE restaurant_leases AS l SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' \
+         FROM (SELECT restaurant_id FROM restaurant_leases WHERE node_id = $1 AND expires_at > 'epoch' \
+               ORDER BY restaurant_id FOR UPDATE) AS mine \
+         WHERE l.restaurant_id = mine.restaurant_id RETURNING l.restaurant_id, l.fence",
     )
     .bind::<Text, _>(node_id)
     .bind::<BigInt, _>(millis(ttl))

@@ -205,6 +205,32 @@ pub struct RestaurantTable {
 }
 
 impl RestaurantTable {
+    /// Every active table of the restaurants that `tokens` (those of active tables) belong to: what a
+    /// node learns about a restaurant from its first guests' tokens.
+    pub async fn with_their_restaurants_tables(
+        conn: &mut DbConn,
+        tokens: &[String],
+    ) -> QueryResult<Vec<RestaurantTable>> {
+        let restaurants: Vec<Uuid> = restaurant_tables::table
+            .filter(restaurant_tables::token.eq_any(tokens))
+            .filter(restaurant_tables::active.eq(true))
+            .filter(restaurant_tables::deleted_at.is_null())
+            .select(restaurant_tables::restaurant_id)
+            .distinct()
+            .load(conn)
+            .await?;
+        if restaurants.is_empty() {
+            return Ok(Vec::new());
+        }
+        restaurant_tables::table
+            .filter(restaurant_tables::restaurant_id.eq_any(restaurants))
+            .filter(restaurant_tables::active.eq(true))
+            .filter(restaurant_tables::deleted_at.is_null())
+            .select(RestaurantTable::as_select())
+            .load(conn)
+            .await
+    }
+
     /// The table a QR token opens: active and not deleted.
     pub async fn by_token(conn: &mut DbConn, token: &str) -> QueryResult<Option<RestaurantTable>> {
         restaurant_tables::table

@@ -439,3 +439,50 @@ async fn a_transaction_left_open_by_a_stalled_node_does_not_hold_a_takeover_back
         "the stalled transaction commits nothing"
     );
 }
+
+#[actix_web::test]
+async fn renewing_leases_waits_for_a_write_in_flight_instead_of_deadlocking_with_it() {
+    use diesel_async::{AnsiTransactionManager, TransactionManager};
+    let app = spawn_app().await;
+    let one = app.restaurant("renew-one", 1, 1).await.id;
+    let two = app.restaurant("renew-two", 1, 1).await.id;
+    let (low, high) = if one < two { (one, two) } else { (two, one) };
+    let ttl = Duration::from_secs(60);
+    let (mut keeper, mut writer, mut watcher) = (app.db().await, app.db().await, app.db().await);
+    // Taken high first: the table's own order visits the higher restaurant before the lower.
+    for r in [high, low] {
+        leases::acquire(&mut keeper, r, "node-r", ttl, Takeover::Always)
+            .await
+            .expect("sql")
+            .expect("held");
+    }
+    // A write transaction of the owner in flight: its fence check locks the lease rows shared in
+    // restaurant order; it holds the lower one when the renewal starts.
+    AnsiTransactionManager::begin_transaction(&mut writer)
+        .await
+        .expect("begin");
+    let share =
+        |r: Uuid| format!("SELECT 1 FROM restaurant_leases WHERE restaurant_id = '{r}' FOR SHARE");
+    run_sql_on(&mut writer, &share(low)).await;
+    let renew = leases::renew(&mut keeper, "node-r", ttl);
+    let write = async {
+        until("the renewal to wait for the write's lock", async || {
+            sql_holds(
+                &mut watcher,
+                "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock') > 0",
+            )
+            .await
+        })
+        .await;
+        // The write goes on to the higher restaurant's row: a renewal that had locked it first would
+        // now wait for the write, and Postgres would end one of them as a deadlock.
+        run_sql_on(&mut writer, &share(high)).await;
+        AnsiTransactionManager::commit_transaction(&mut writer)
+            .await
+            .expect("the write commits");
+    };
+    let (renewed, ()) = tokio::join!(renew, write);
+    let renewed = renewed.expect("the renewal waited, then went through");
+    assert_eq!(renewed.len(), 2, "{renewed:?}");
+}

@@ -22,7 +22,6 @@ use dashmap::DashMap;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use scan2order_schema::domain::{RestaurantId, TableId};
 use scan2order_schema::leases::{self, Fence, Lease, NodeRow};
-use scan2order_schema::models::RestaurantTable;
 use scan2order_schema::{DbConn, DbPool};
 use tokio::sync::{Notify, OnceCell};
 
@@ -37,6 +36,7 @@ use crate::room::Room;
 use crate::sink::close_code;
 use crate::writer::{Drain, PersistenceWriter, WriterStats};
 
+mod directory;
 mod lease_keeper;
 mod route;
 mod stats;
@@ -93,7 +93,7 @@ pub struct TableRef {
 struct Inner {
     shards: Vec<Shard>,
     registry: DashMap<RestaurantId, Arc<OnceCell<Addr<RestaurantActor>>>>,
-    tables: DashMap<String, TableRef>,
+    tables: Arc<directory::Directory>,
     pool: DbPool,
     config: EngineConfig,
     /// The lease fence of each restaurant this node runs, and when it was taken (the keeper judges
@@ -176,7 +176,7 @@ impl ShardSupervisor {
         let inner = Arc::new(Inner {
             shards,
             registry: DashMap::new(),
-            tables: DashMap::new(),
+            tables: Arc::default(),
             pool,
             config,
             fences: DashMap::new(),
@@ -370,7 +370,7 @@ impl ShardSupervisor {
                 }
                 inner.fences.remove_if(&id, |_, (f, _)| *f == fence);
                 for t in tokens {
-                    inner.tables.remove_if(&t, |_, r| r.restaurant_id == id);
+                    inner.tables.remove_if_of(&t, id);
                 }
                 if why == PassivateReason::Idle {
                     ShardSupervisor { inner }.let_go(vec![fence]);
@@ -400,27 +400,17 @@ impl ShardSupervisor {
         {
             return Err(EngineError::NotFound(Missing::Table));
         }
-        if let Some(r) = self.inner.tables.get(token).map(|r| *r) {
-            return Ok((self.room(r.restaurant_id).await?, r));
-        }
-        let mut conn = self.conn().await?;
-        let table = RestaurantTable::by_token(&mut conn, token)
-            .await
-            .map_err(|_| EngineError::Unavailable)?
-            .ok_or(EngineError::NotFound(Missing::Table))?;
-        drop(conn);
-        let r = TableRef {
-            restaurant_id: table.restaurant_id.into(),
-            table_id: table.id.into(),
-        };
-        let room = self.room(r.restaurant_id).await?;
         // Remembered on a node that does not own the restaurant too, so its guests' menu reads do not
         // query Postgres each time; a token that dies is forgotten on every node (`tokens_died`), and
         // the owner checks the token on every call regardless.
-        if table.active && table.deleted_at.is_none() {
-            self.inner.tables.insert(token.to_string(), r);
-        }
-        Ok((room, r))
+        let r = self
+            .inner
+            .tables
+            .lookup(&self.inner.pool, token)
+            .await
+            .map_err(|()| EngineError::Unavailable)?
+            .ok_or(EngineError::NotFound(Missing::Table))?;
+        Ok((self.room(r.restaurant_id).await?, r))
     }
 
     /// Forgets table tokens that died (rotation, deactivation, deletion), on every node.
