@@ -1,6 +1,9 @@
 //! The coordinator: starts the workers (in-process, or as `--processes P` child processes of this very
 //! binary speaking JSON lines), drives the scenario's phases, prints progress once a second, samples the
 //! server from `/proc/<pid>`, and merges the workers' reports into one.
+//!
+//! One file over 800 lines: every scenario's phases are methods of the one [`Coordinator`] that owns the
+//! workers' channels; they are to move into one file per scenario as the load tool is split.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

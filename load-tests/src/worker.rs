@@ -3,6 +3,10 @@
 //! bot and (in `mixed`) churns sockets and toggles dishes. It talks to the coordinator through
 //! [`Control`] messages in and [`WorkerEvent`] messages out — channels in-process, JSON lines over
 //! stdin/stdout between processes.
+//!
+//! One file of 2,000 lines: sockets, order generation and the kitchen bot share the private [`Worker`]
+//! state; the held fleet's schedule already lives apart ([`pulse`]), and the rest is to be split the
+//! same way.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
