@@ -2064,10 +2064,23 @@ async fn toggler(w: Arc<Worker>, owned: Vec<u32>) {
 
 /// Sends one menu toggle for a restaurant this worker owns.
 async fn toggle(w: &Arc<Worker>, id: u64, r: u32, item: Uuid, available: bool) -> bool {
-    let rp = &w.plan.restaurants[r as usize];
     w.ledger.toggle_armed(id, r, item, available);
+    let (sent, ok) = send_toggle(w, r, item, available).await;
+    if sent > 0 {
+        for lat in w.ledger.toggle_fired(id, sent) {
+            w.stats.record_ns(h::TOGGLE_TO_SOCKET, lat);
+        }
+    }
+    w.ledger.toggle_done(id, ok);
+    ok
+}
+
+/// `PATCH /api/v1/kitchen/menu-items/{item}` for restaurant `r`, counted; returns when its request
+/// was written (0: never) and whether it was answered 200.
+async fn send_toggle(w: &Arc<Worker>, r: u32, item: Uuid, available: bool) -> (u64, bool) {
+    let rp = &w.plan.restaurants[r as usize];
     let Ok(body) = serde_json::to_vec(&SetAvailableRequest { available }) else {
-        return false;
+        return (0, false);
     };
     let auth = format!("Bearer {}", rp.staff_token);
     let path = format!("/api/v1/kitchen/menu-items/{item}{}", rp.kitchen_query());
@@ -2082,11 +2095,6 @@ async fn toggle(w: &Arc<Worker>, id: u64, r: u32, item: Uuid, available: bool) -
             &mut || sent = now_ns(),
         )
         .await;
-    if sent > 0 {
-        for lat in w.ledger.toggle_fired(id, sent) {
-            w.stats.record_ns(h::TOGGLE_TO_SOCKET, lat);
-        }
-    }
     let ok = match resp {
         Ok(resp) if resp.status == 200 => {
             w.stats
@@ -2105,6 +2113,5 @@ async fn toggle(w: &Arc<Worker>, id: u64, r: u32, item: Uuid, available: bool) -
             false
         }
     };
-    w.ledger.toggle_done(id, ok);
-    ok
+    (sent, ok)
 }

@@ -12,12 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scan2order_schema::wire::SetAvailableRequest;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{Worker, WorkerEvent};
-use crate::stats::{c, h, now_ns};
+use crate::stats::{h, now_ns};
 
 /// The schedule of one run.
 #[derive(Clone, Copy, Debug)]
@@ -130,41 +129,7 @@ pub async fn run(
 
 /// Sends one scheduled menu change (the toggle's deliveries were armed by every worker already).
 async fn fire(w: &Arc<Worker>, r: u32, item: Uuid, available: bool) -> bool {
-    let rp = &w.plan.restaurants[r as usize];
-    let Ok(body) = serde_json::to_vec(&SetAvailableRequest { available }) else {
-        return false;
-    };
-    let auth = format!("Bearer {}", rp.staff_token);
-    let path = format!("/api/v1/kitchen/menu-items/{item}{}", rp.kitchen_query());
-    let mut sent = 0u64;
-    let resp = w
-        .http
-        .request(
-            "PATCH",
-            &path,
-            &[("Authorization", &auth)],
-            Some(&body),
-            &mut || sent = now_ns(),
-        )
-        .await;
-    let ok = match resp {
-        Ok(resp) if resp.status == 200 => {
-            w.stats
-                .record_ns(h::HTTP_TOGGLE, now_ns().saturating_sub(sent));
-            w.stats.incr(c::TOGGLES_OK);
-            true
-        }
-        Ok(resp) => {
-            w.stats.incr(c::TOGGLES_FAIL);
-            w.stats.error(format!("toggle_http_{}", resp.status));
-            false
-        }
-        Err(e) => {
-            w.stats.incr(c::TOGGLES_FAIL);
-            w.stats.error(format!("toggle_{}", e.kind()));
-            false
-        }
-    };
+    let (_, ok) = super::send_toggle(w, r, item, available).await;
     if ok {
         w.availability[r as usize][0].store(available, Ordering::Relaxed);
     }
