@@ -231,18 +231,6 @@ impl RestaurantTable {
             .await
     }
 
-    /// The table a QR token opens: active and not deleted.
-    pub async fn by_token(conn: &mut DbConn, token: &str) -> QueryResult<Option<RestaurantTable>> {
-        restaurant_tables::table
-            .filter(restaurant_tables::token.eq(token))
-            .filter(restaurant_tables::active.eq(true))
-            .filter(restaurant_tables::deleted_at.is_null())
-            .select(RestaurantTable::as_select())
-            .first(conn)
-            .await
-            .optional()
-    }
-
     pub async fn for_restaurant(
         conn: &mut DbConn,
         restaurant: Uuid,

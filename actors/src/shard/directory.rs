@@ -85,13 +85,37 @@ impl Directory {
     }
 }
 
+/// Ends a loader however it ends: finished, or dropped with the runtime it ran on (a stopping worker
+/// thread). Lookups still waiting are told the database could not answer (503, and the client
+/// retries) and the next lookup starts a new loader, so none waits for a loader that is gone.
+struct Loading(Option<Arc<Directory>>);
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        let waiting = {
+            let mut q = dir.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.loading = false;
+            std::mem::take(&mut q.waiting)
+        };
+        for (_, answer) in waiting {
+            let _ = answer.send(Err(()));
+        }
+    }
+}
+
 /// Answers the waiting lookups, a batch per query, until none is left.
 async fn load(dir: Arc<Directory>, pool: DbPool) {
+    let mut loading = Loading(Some(dir.clone()));
     loop {
         let batch: Vec<(String, Answer)> = {
             let mut q = dir.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.waiting.is_empty() {
+                // Finished, under the lock: a lookup from now on starts a new loader.
                 q.loading = false;
+                loading.0 = None;
                 return;
             }
             let n = q.waiting.len().min(BATCH);
@@ -125,5 +149,29 @@ async fn load(dir: Arc<Directory>, pool: DbPool) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loader_that_goes_away_answers_its_waiters_and_lets_the_next_lookup_start_another() {
+        let dir = Arc::new(Directory::default());
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut q = dir.queue.lock().expect("queue");
+            q.waiting.push(("token".into(), tx));
+            q.loading = true;
+        }
+        // The loader's future dropped mid-lookup (its runtime stopped).
+        drop(Loading(Some(dir.clone())));
+        assert!(
+            matches!(rx.try_recv(), Ok(Err(()))),
+            "told, not left waiting"
+        );
+        let q = dir.queue.lock().expect("queue");
+        assert!(!q.loading && q.waiting.is_empty());
     }
 }
