@@ -14,12 +14,12 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
-use scan2order_schema::domain::is_clean_text;
+use scan2order_schema::domain::{is_clean_text, MAX_IDEMPOTENCY_KEY_CHARS};
 use scan2order_schema::wire::without_type_names;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// A JSON request body of type `T`.
 #[derive(Debug)]
@@ -181,6 +181,32 @@ fn field_name(whole: &str, path: &serde_path_to_error::Path) -> String {
 /// A key that reads as a field name: quoted in messages; others are the client's own words.
 fn plain_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The `Idempotency-Key` header, checked (the parser fuzz tests call it).
+pub fn idempotency_key(req: &HttpRequest) -> ApiResult<String> {
+    optional_idempotency_key(req)?
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key: header is required"))
+}
+
+/// The `Idempotency-Key` header where it may be left out (a kitchen's status change), checked.
+pub fn optional_idempotency_key(req: &HttpRequest) -> ApiResult<Option<String>> {
+    let Some(raw) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key: must be visible ASCII"))?
+        .trim();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(format!(
+            "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+        )));
+    }
+    Ok(Some(key.to_string()))
 }
 
 #[cfg(test)]

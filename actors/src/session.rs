@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use scan2order_schema::domain::StaffId;
+use scan2order_schema::tokens;
 use scan2order_schema::wire::{ClientMsg, ServerMsg};
 
 use crate::restaurant::{Audience, ChangeStatus, EngineError, SayHello, Subscribe, Unsubscribe};
@@ -200,6 +201,9 @@ impl SocketSession {
                     status,
                     by: self.staff,
                     session: None,
+                    // A kitchen that sends a change again (reconnected without its answer) is
+                    // answered as done rather than refused.
+                    request_id: Some(tokens::request_key(&request_id)),
                 };
                 let room = self.restaurant.clone();
                 ctx.spawn(

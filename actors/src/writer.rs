@@ -67,6 +67,8 @@ pub enum WriteOp {
         status: OrderStatus,
         at: DateTime<Utc>,
         by: Option<Uuid>,
+        /// The request it answers, kept with the history row so a retry is recognised.
+        request_id: Option<String>,
         outbox: Option<NewOutbox>,
         /// The staff session that asked for it, when authenticated from memory.
         session: Option<SessionCheck>,
@@ -618,6 +620,7 @@ async fn write_all(
             status: b.order.status,
             changed_at: b.order.created_at,
             changed_by: None,
+            request_id: None,
         })
         .collect();
     let mut last: indexmap::IndexMap<Uuid, (OrderStatus, DateTime<Utc>)> =
@@ -629,6 +632,7 @@ async fn write_all(
             status,
             at,
             by,
+            request_id,
             ..
         } = op
         {
@@ -638,6 +642,7 @@ async fn write_all(
                 status: *status,
                 changed_at: *at,
                 changed_by: *by,
+                request_id: request_id.clone(),
             });
             status_ops.push((i, *order_id));
         }
@@ -666,7 +671,7 @@ async fn write_all(
                     .map(|_| ())
             }));
         }
-        for chunk in history.chunks(MAX_BIND_PARAMS / 4) {
+        for chunk in history.chunks(MAX_BIND_PARAMS / 5) {
             let mut c = shared;
             writes.push(Box::pin(async move {
                 diesel::insert_into(order_status_history::table)

@@ -269,6 +269,7 @@ async fn writer(
                     status: OrderStatus::Placed,
                     changed_at: now,
                     changed_by: None,
+                    request_id: None,
                 });
                 bundle
                     .outbox
@@ -289,6 +290,7 @@ async fn writer(
                 status,
                 changed_at: now,
                 changed_by: None,
+                request_id: None,
             });
             if status == OrderStatus::Ready {
                 bundle
@@ -391,7 +393,7 @@ async fn write(pool: &Pool<AsyncPgConnection>, b: &Bundle) -> anyhow::Result<()>
                 .load(c)
                 .await?;
         }
-        for chunk in b.history.chunks(MAX_BIND_PARAMS / 4) {
+        for chunk in b.history.chunks(MAX_BIND_PARAMS / 5) {
             diesel::insert_into(order_status_history::table)
                 .values(chunk)
                 .execute(c)

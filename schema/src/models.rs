@@ -543,6 +543,8 @@ pub struct NewStatusHistory {
     pub status: OrderStatus,
     pub changed_at: DateTime<Utc>,
     pub changed_by: Option<Uuid>,
+    /// The request the change answered (see [`StoredOrder::change_applied`]).
+    pub request_id: Option<String>,
 }
 
 /// An order row with its lines.
@@ -627,6 +629,28 @@ impl StoredOrder {
             Some(row) => Ok(StoredOrder::with_items(conn, vec![row]).await?.pop()),
             None => Ok(None),
         }
+    }
+
+    /// Whether the change `request_id` asked for (this status, by this staff member) was applied to
+    /// the order: a retry of it is then answered as done. Rare: asked only when a change is refused.
+    pub async fn change_applied(
+        conn: &mut DbConn,
+        order_id: Uuid,
+        request_id: &str,
+        status: OrderStatus,
+        by: Option<Uuid>,
+    ) -> QueryResult<bool> {
+        let mut q = order_status_history::table
+            .filter(order_status_history::order_id.eq(order_id))
+            .filter(order_status_history::request_id.eq(request_id))
+            .filter(order_status_history::status.eq(status))
+            .select(order_status_history::id)
+            .into_boxed();
+        q = match by {
+            Some(by) => q.filter(order_status_history::changed_by.eq(by)),
+            None => q.filter(order_status_history::changed_by.is_null()),
+        };
+        Ok(q.first::<i64>(conn).await.optional()?.is_some())
     }
 
     pub async fn find_by_key(

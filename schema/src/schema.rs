@@ -134,6 +134,7 @@ diesel::table! {
         status -> Text,
         changed_at -> Timestamptz,
         changed_by -> Nullable<Uuid>,
+        request_id -> Nullable<Text>,
     }
 }
 

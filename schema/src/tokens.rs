@@ -33,6 +33,18 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The key a kitchen's request id is remembered by with its status change: the id itself up to
+/// [`MAX_IDEMPOTENCY_KEY_CHARS`](crate::domain::MAX_IDEMPOTENCY_KEY_CHARS), a SHA-256 of a longer one
+/// (a socket message may carry a longer id; the history row stays small).
+pub fn request_key(request_id: &str) -> String {
+    if request_id.len() <= crate::domain::MAX_IDEMPOTENCY_KEY_CHARS {
+        return request_id.to_string();
+    }
+    let digest = Sha256::digest(request_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +79,15 @@ mod tests {
             "the first bytes of the published digest"
         );
         assert_eq!(token_hash("abc").len(), 32);
+    }
+
+    #[test]
+    fn a_long_request_id_is_remembered_by_its_digest() {
+        assert_eq!(request_key("tap-7"), "tap-7");
+        let long = "r".repeat(500);
+        let key = request_key(&long);
+        assert_eq!(key.len(), "sha256:".len() + 64);
+        assert_eq!(key, request_key(&long));
+        assert_ne!(key, request_key(&"r".repeat(501)));
     }
 }

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use scan2order_actors::notifier::TemplateMessage;
 use scan2order_actors::restaurant::{EngineError, GetTableMenu, PlaceOrder};
-use scan2order_schema::domain::{Phone, MAX_IDEMPOTENCY_KEY_CHARS};
+use scan2order_schema::domain::Phone;
 use scan2order_schema::models::StoredOrder;
 use scan2order_schema::wire::{
     OrdersPage, OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse,
@@ -148,26 +148,7 @@ async fn otp_verify(
     }
 }
 
-/// The `Idempotency-Key` header, checked (public for the parser fuzz tests).
-pub fn idempotency_key(req: &HttpRequest) -> ApiResult<String> {
-    let raw = req
-        .headers()
-        .get("Idempotency-Key")
-        .ok_or_else(|| ApiError::invalid("Idempotency-Key: header is required"))?;
-    let key = raw
-        .to_str()
-        .map_err(|_| ApiError::invalid("Idempotency-Key: must be visible ASCII"))?
-        .trim();
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
-        || !key.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(ApiError::invalid(format!(
-            "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
-        )));
-    }
-    Ok(key.to_string())
-}
+pub use crate::extract::idempotency_key;
 
 /// `POST /api/v1/orders`: validated and priced by the restaurant actor, answered after the commit.
 async fn place_order(

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::auth::{self, verify_password, Staff, SESSION_COOKIE};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Json, Query};
+use crate::extract::{optional_idempotency_key, Json, Query};
 
 /// Longest username and password looked at; longer ones cannot be ours and cost argon2 time.
 const MAX_USERNAME: usize = 64;
@@ -186,15 +186,20 @@ async fn kitchen_info(
         .body(body))
 }
 
-/// `POST /api/v1/kitchen/orders/{id}/status`.
+/// `POST /api/v1/kitchen/orders/{id}/status`, with an optional `Idempotency-Key`: the same key again
+/// (a retry whose answer was lost) is answered with the order instead of `invalid_transition`. Without
+/// one the server names the request itself, so its own re-sends across the fleet are recognised.
 async fn set_status(
     ctx: web::Data<AppContext>,
+    req: HttpRequest,
     staff: Staff,
     id: web::Path<OrderId>,
     q: Query<RestaurantQuery>,
     body: Json<SetStatusRequest>,
 ) -> ApiResult<HttpResponse> {
     let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let request_id = optional_idempotency_key(&req)?
+        .unwrap_or_else(|| format!("server:{}", uuid::Uuid::now_v7()));
     let order = ctx
         .engine
         .ask(
@@ -204,6 +209,7 @@ async fn set_status(
                 status: body.status,
                 by: Some(staff.id),
                 session: staff.unconfirmed.clone(),
+                request_id: Some(request_id),
             },
         )
         .await??;

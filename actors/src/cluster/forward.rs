@@ -128,6 +128,7 @@ mod tests {
             status: OrderStatus::Preparing,
             by: None,
             session: None,
+            request_id: Some("tap-1".into()),
         };
         let bytes = Envelope::encode(rid, msg.clone()).expect("encodes");
         let back: Envelope = serde_json::from_slice(&bytes).expect("decodes");
@@ -136,6 +137,7 @@ mod tests {
             Command::ChangeStatus(m) => {
                 assert_eq!(m.order_id, msg.order_id);
                 assert_eq!(m.status, OrderStatus::Preparing);
+                assert_eq!(m.request_id.as_deref(), Some("tap-1"));
             }
             _ => panic!("another command came back"),
         }

@@ -36,6 +36,9 @@ struct LiveOrder {
     /// A status change of unknown outcome is being settled: further changes wait (503) until the
     /// stored status is known, or a retry of the same change could be written twice.
     unsettled: bool,
+    /// The request ids of changes sent to the writer and not answered yet: a retry of one of them
+    /// waits for its answer (503) instead of being refused as a repeat of its own projection.
+    in_flight: Vec<String>,
 }
 
 impl LiveOrder {
@@ -44,6 +47,7 @@ impl LiveOrder {
             projected: stored_status(&stored.row),
             stored,
             unsettled: false,
+            in_flight: Vec::new(),
         }
     }
 
@@ -215,13 +219,16 @@ impl OrderBook {
 
     /// Starts a status change: checked against the projected status, which it then becomes. `None`
     /// when the order is not live (finished, or not this restaurant's); otherwise the row as committed.
+    /// A change carrying the `request` id of one still being written is `Unavailable` (its client
+    /// retried early: the first attempt's answer is on its way).
     pub(crate) fn begin_change(
         &mut self,
         id: Uuid,
         to: OrderStatus,
+        request: Option<&str>,
     ) -> Option<Result<&OrderRow, EngineError>> {
         let live = self.live.get_mut(&id)?;
-        if live.unsettled {
+        if live.unsettled || request.is_some_and(|r| live.in_flight.iter().any(|f| f == r)) {
             return Some(Err(EngineError::Unavailable));
         }
         let from = live.projected;
@@ -229,7 +236,19 @@ impl OrderBook {
             return Some(Err(EngineError::InvalidTransition { from, to }));
         }
         live.projected = to;
+        if let Some(r) = request {
+            live.in_flight.push(r.to_string());
+        }
         Some(Ok(&live.stored.row))
+    }
+
+    /// The writer answered the change `request` started (committed, refused or unknown).
+    pub(crate) fn change_answered(&mut self, id: Uuid, request: Option<&str>) {
+        if let (Some(live), Some(r)) = (self.live.get_mut(&id), request) {
+            if let Some(i) = live.in_flight.iter().position(|f| f == r) {
+                live.in_flight.swap_remove(i);
+            }
+        }
     }
 
     /// A change sent by [`begin_change`](Self::begin_change) was not stored: the projection goes back
@@ -635,12 +654,12 @@ mod tests {
         let mut book = book();
         let id = placed(&mut book, &f, "k");
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Accepted),
+            book.begin_change(id, OrderStatus::Accepted, None),
             Some(Ok(_))
         ));
         // The second tap is checked against the projected status (accepted), not the stored one.
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted)
+            book.begin_change(id, OrderStatus::Accepted, None)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::InvalidTransition {
@@ -649,7 +668,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Preparing),
+            book.begin_change(id, OrderStatus::Preparing, None),
             Some(Ok(_))
         ));
         let t = at(2026, 3, 1, 12);
@@ -673,17 +692,17 @@ mod tests {
         let f = fixture();
         let mut book = book();
         let id = placed(&mut book, &f, "k");
-        book.begin_change(id, OrderStatus::Accepted)
+        book.begin_change(id, OrderStatus::Accepted, None)
             .expect("in the book")
             .expect("accepted");
         book.change_failed(id, false);
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Accepted),
+            book.begin_change(id, OrderStatus::Accepted, None),
             Some(Ok(_))
         ));
         book.change_failed(id, true);
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted)
+            book.begin_change(id, OrderStatus::Accepted, None)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::Unavailable
@@ -702,9 +721,49 @@ mod tests {
             OrderStatus::Accepted
         );
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Ready),
+            book.begin_change(id, OrderStatus::Ready, None),
             Some(Ok(_))
         ));
+    }
+
+    #[test]
+    fn a_retry_of_a_change_still_being_written_waits_for_its_answer() {
+        let f = fixture();
+        let mut book = book();
+        let id = placed(&mut book, &f, "k");
+        assert!(matches!(
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-1")),
+            Some(Ok(_))
+        ));
+        assert_eq!(
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"))
+                .expect("in the book")
+                .expect_err("refused"),
+            EngineError::Unavailable
+        );
+        // Another tap repeating the projected status is still a conflict.
+        assert_eq!(
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-2"))
+                .expect("in the book")
+                .expect_err("refused"),
+            EngineError::InvalidTransition {
+                from: OrderStatus::Accepted,
+                to: OrderStatus::Accepted
+            }
+        );
+        book.change_answered(id, Some("tap-1"));
+        book.change_committed(id, OrderStatus::Accepted, at(2026, 3, 1, 12))
+            .expect("in the book");
+        // Answered: the same id is no longer in flight (a later retry is recognised from the history).
+        assert_eq!(
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"))
+                .expect("in the book")
+                .expect_err("refused"),
+            EngineError::InvalidTransition {
+                from: OrderStatus::Accepted,
+                to: OrderStatus::Accepted
+            }
+        );
     }
 
     #[test]
@@ -712,13 +771,13 @@ mod tests {
         let f = fixture();
         let mut book = book();
         let id = placed(&mut book, &f, "k");
-        book.begin_change(id, OrderStatus::Cancelled)
+        book.begin_change(id, OrderStatus::Cancelled, None)
             .expect("in the book")
             .expect("accepted");
         book.change_committed(id, OrderStatus::Cancelled, at(2026, 3, 1, 12))
             .expect("accepted");
         assert!(book.is_empty());
-        assert!(book.begin_change(id, OrderStatus::Accepted).is_none());
+        assert!(book.begin_change(id, OrderStatus::Accepted, None).is_none());
         assert!(book
             .change_committed(id, OrderStatus::Served, at(2026, 3, 1, 12))
             .is_none());

@@ -13,6 +13,7 @@ use chrono::Utc;
 use scan2order_schema::domain::{OrderId, OrderStatus, Phone, StaffId, TableId};
 use scan2order_schema::models::{NewOutbox, OrderRow, StoredOrder};
 use scan2order_schema::wire::{self, PlaceOrderLine, ServerMsg};
+use scan2order_schema::DbPool;
 use tokio::sync::oneshot;
 
 use super::order_book::{stored_status, OrderRequest, StatusApplied};
@@ -240,6 +241,12 @@ impl Handler<PlaceOrder> for RestaurantActor {
 }
 
 /// The kitchen moves an order along. Answered with the order (phone masked) after the commit.
+///
+/// Each change carries a request id (the client's, or one the server chose for a client that sent
+/// none), stored with its history row. A change refused as invalid is first looked up there: when the
+/// same request (same status, same staff member) was applied already — its answer was lost, the client
+/// or a forwarding node sent it again, possibly to the next owner — it is answered as done, so a retry
+/// never turns into `invalid_transition` and nothing is applied twice.
 #[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<wire::Order, EngineError>")]
 pub struct ChangeStatus {
@@ -249,6 +256,7 @@ pub struct ChangeStatus {
     /// Set when the staff member was authenticated from the session cache: the writer confirms the
     /// session in the change's own transaction.
     pub session: Option<SessionCheck>,
+    pub request_id: Option<String>,
 }
 
 impl Handler<ChangeStatus> for RestaurantActor {
@@ -258,24 +266,36 @@ impl Handler<ChangeStatus> for RestaurantActor {
         self.touch();
         let id = msg.order_id.get();
         let to = msg.status;
-        let row = match self.orders.begin_change(id, to) {
+        let by = msg.by.map(StaffId::get);
+        let request = msg.request_id;
+        let row = match self.orders.begin_change(id, to, request.as_deref()) {
             Some(Ok(row)) => row.clone(),
+            Some(Err(refused @ EngineError::InvalidTransition { .. })) => {
+                let pool = self.pool.clone();
+                return Box::pin(actix::fut::wrap_future(refused_unless_applied(
+                    pool, id, to, by, request, refused,
+                )));
+            }
             Some(Err(e)) => return Box::pin(actix::fut::ready(Err(e))),
             None => {
-                // Not live: either finished (then the move is invalid) or not this restaurant's at all.
+                // Not live: finished (the move is invalid, unless it is a retry of the one that
+                // finished it) or not this restaurant's at all.
                 let pool = self.pool.clone();
                 let rid = self.id.get();
                 return Box::pin(actix::fut::wrap_future(async move {
-                    let mut conn = pool.get().await.map_err(|_| EngineError::Unavailable)?;
-                    match StoredOrder::find(&mut conn, id)
-                        .await
-                        .map_err(|_| EngineError::Unavailable)?
-                    {
+                    let found = {
+                        let mut conn = pool.get().await.map_err(|_| EngineError::Unavailable)?;
+                        StoredOrder::find(&mut conn, id)
+                            .await
+                            .map_err(|_| EngineError::Unavailable)?
+                    };
+                    match found {
                         Some(o) if o.row.restaurant_id == rid => {
-                            Err(EngineError::InvalidTransition {
+                            let refused = EngineError::InvalidTransition {
                                 from: stored_status(&o.row),
                                 to,
-                            })
+                            };
+                            refused_unless_applied(pool, id, to, by, request, refused).await
                         }
                         _ => Err(EngineError::NotFound(Missing::Order)),
                     }
@@ -293,7 +313,8 @@ impl Handler<ChangeStatus> for RestaurantActor {
             order_id: id,
             status: to,
             at,
-            by: msg.by.map(StaffId::get),
+            by,
+            request_id: request.clone(),
             outbox,
             session: msg.session,
         };
@@ -301,6 +322,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
             self.commit(op)
                 .into_actor(self)
                 .map(move |committed, act, ctx| {
+                    act.orders.change_answered(id, request.as_deref());
                     let failure = match committed {
                         Committed::Stored(WriteOutcome::SessionEnded) => {
                             Some((EngineError::Unauthenticated, false))
@@ -327,6 +349,32 @@ impl Handler<ChangeStatus> for RestaurantActor {
                     Ok(order)
                 }),
         )
+    }
+}
+
+/// `refused`, unless the change `request` asked for was applied already: then the order as stored
+/// (phone masked), the answer its first attempt would have had.
+async fn refused_unless_applied(
+    pool: DbPool,
+    id: uuid::Uuid,
+    to: OrderStatus,
+    by: Option<uuid::Uuid>,
+    request: Option<String>,
+    refused: EngineError,
+) -> Result<wire::Order, EngineError> {
+    let Some(request) = request else {
+        return Err(refused);
+    };
+    let mut conn = pool.get().await.map_err(|_| EngineError::Unavailable)?;
+    let applied = StoredOrder::change_applied(&mut conn, id, &request, to, by)
+        .await
+        .map_err(|_| EngineError::Unavailable)?;
+    if !applied {
+        return Err(refused);
+    }
+    match StoredOrder::find(&mut conn, id).await {
+        Ok(Some(order)) => Ok(order.to_wire(false)),
+        _ => Err(EngineError::Unavailable),
     }
 }
 

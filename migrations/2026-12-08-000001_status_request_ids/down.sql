@@ -1,0 +1,1 @@
+ALTER TABLE order_status_history DROP COLUMN request_id;
