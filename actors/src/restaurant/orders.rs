@@ -256,6 +256,7 @@ pub struct ChangeStatus {
     /// Set when the staff member was authenticated from the session cache: the writer confirms the
     /// session in the change's own transaction.
     pub session: Option<SessionCheck>,
+    /// The request this change answers, stored with it: a retry of an applied one is answered as done.
     pub request_id: Option<String>,
 }
 
@@ -273,7 +274,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
             Some(Err(refused @ EngineError::InvalidTransition { .. })) => {
                 let pool = self.pool.clone();
                 return Box::pin(actix::fut::wrap_future(refused_unless_applied(
-                    pool, id, to, by, request, refused,
+                    pool, id, to, by, request, refused, None,
                 )));
             }
             Some(Err(e)) => return Box::pin(actix::fut::ready(Err(e))),
@@ -295,7 +296,8 @@ impl Handler<ChangeStatus> for RestaurantActor {
                                 from: stored_status(&o.row),
                                 to,
                             };
-                            refused_unless_applied(pool, id, to, by, request, refused).await
+                            refused_unless_applied(pool, id, to, by, request, refused, Some(o))
+                                .await
                         }
                         _ => Err(EngineError::NotFound(Missing::Order)),
                     }
@@ -353,7 +355,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
 }
 
 /// `refused`, unless the change `request` asked for was applied already: then the order as stored
-/// (phone masked), the answer its first attempt would have had.
+/// (phone masked; `found` when the caller has just read it), the answer its first attempt would have had.
 async fn refused_unless_applied(
     pool: DbPool,
     id: uuid::Uuid,
@@ -361,6 +363,7 @@ async fn refused_unless_applied(
     by: Option<uuid::Uuid>,
     request: Option<String>,
     refused: EngineError,
+    found: Option<StoredOrder>,
 ) -> Result<wire::Order, EngineError> {
     let Some(request) = request else {
         return Err(refused);
@@ -372,10 +375,15 @@ async fn refused_unless_applied(
     if !applied {
         return Err(refused);
     }
-    match StoredOrder::find(&mut conn, id).await {
-        Ok(Some(order)) => Ok(order.to_wire(false)),
-        _ => Err(EngineError::Unavailable),
-    }
+    let order = match found {
+        Some(order) => Some(order),
+        None => StoredOrder::find(&mut conn, id)
+            .await
+            .map_err(|_| EngineError::Unavailable)?,
+    };
+    order
+        .map(|o| o.to_wire(false))
+        .ok_or(EngineError::Unavailable)
 }
 
 /// The kitchen's live orders, oldest first, phones masked.
