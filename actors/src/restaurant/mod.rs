@@ -26,6 +26,7 @@ mod load;
 mod menu;
 mod order_book;
 mod orders;
+mod pricing;
 mod reconcile;
 
 use std::future::Future;
