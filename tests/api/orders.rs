@@ -84,7 +84,6 @@ async fn a_guest_order_reaches_kitchen_and_table_and_moves_through_the_kitchen()
     assert_eq!(res.status(), 200);
     let fetched: serde_json::Value = res.json().await.expect("json");
     assert_eq!(fetched["status"], "served");
-    let _ = json!(null);
 }
 
 /// A kitchen's status change sent again with the same `Idempotency-Key` (its answer was lost) is
