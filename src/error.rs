@@ -7,7 +7,7 @@ use std::fmt;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use scan2order_actors::restaurant::EngineError;
-use scan2order_schema::domain::MenuItemId;
+use scan2order_schema::domain::{MenuItemId, MenuOptionId, OptionGroupId};
 use scan2order_schema::wire::ErrorBody;
 
 #[derive(Debug, Clone)]
@@ -15,8 +15,21 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub item_ids: Option<Vec<MenuItemId>>,
+    /// What a conflict or an option refusal names; boxed, as most errors name nothing.
+    pub details: Option<Box<ErrorDetails>>,
     pub retry_after: Option<u64>,
+}
+
+/// The ids an error body names besides its code and message.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorDetails {
+    /// Dishes (sold out, or with a declared allergen).
+    pub item_ids: Option<Vec<MenuItemId>>,
+    /// With `item_unavailable`: sold-out options.
+    pub option_ids: Option<Vec<MenuOptionId>>,
+    /// With `invalid_options`: the dish and the choice.
+    pub item_id: Option<MenuItemId>,
+    pub group_id: Option<OptionGroupId>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -27,7 +40,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            item_ids: None,
+            details: None,
             retry_after: None,
         }
     }
@@ -108,11 +121,14 @@ impl ResponseError for ApiError {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         res.insert_header((header::CACHE_CONTROL, "no-store"));
-        res.json(ErrorBody {
-            error: self.code.to_string(),
-            message: self.message.clone(),
-            item_ids: self.item_ids.clone(),
-        })
+        let mut body = ErrorBody::new(self.code, self.message.clone());
+        if let Some(d) = &self.details {
+            body.item_ids = d.item_ids.clone();
+            body.option_ids = d.option_ids.clone();
+            body.item_id = d.item_id;
+            body.group_id = d.group_id;
+        }
+        res.json(body)
     }
 }
 
@@ -121,8 +137,10 @@ impl From<EngineError> for ApiError {
         let (code, message) = e.code();
         let status = match &e {
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
-            EngineError::ItemUnavailable(_)
+            EngineError::Invalid(_) | EngineError::InvalidOptions { .. } => StatusCode::BAD_REQUEST,
+            EngineError::ItemUnavailable { .. }
+            | EngineError::AllergenConflict(_)
+            | EngineError::AllergyAckRequired
             | EngineError::NotAccepting
             | EngineError::InvalidTransition { .. }
             | EngineError::IdempotencyConflict => StatusCode::CONFLICT,
@@ -130,9 +148,26 @@ impl From<EngineError> for ApiError {
             EngineError::Unauthenticated => return ApiError::unauthenticated(),
         };
         let mut err = ApiError::new(status, code, message);
-        if let EngineError::ItemUnavailable(ids) = e {
-            err.item_ids = Some(ids);
+        err.details = match e {
+            EngineError::ItemUnavailable { items, options } => Some(ErrorDetails {
+                item_ids: Some(items),
+                option_ids: Some(options),
+                ..Default::default()
+            }),
+            EngineError::AllergenConflict(items) => Some(ErrorDetails {
+                item_ids: Some(items),
+                ..Default::default()
+            }),
+            EngineError::InvalidOptions {
+                item_id, group_id, ..
+            } => Some(ErrorDetails {
+                item_id: Some(item_id),
+                group_id,
+                ..Default::default()
+            }),
+            _ => None,
         }
+        .map(Box::new);
         err
     }
 }

@@ -351,6 +351,7 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
                 deleted_at: None,
                 created_at: now,
                 updated_at: now,
+                allergens: Vec::new(),
             })
             .collect();
         diesel::insert_into(menu_items::table)

@@ -185,6 +185,7 @@ impl SocketSession {
                 request_id,
                 order_id,
                 status,
+                allergy_ack,
             } => {
                 self.spoke = true;
                 if self.audience != Audience::Kitchen {
@@ -204,6 +205,7 @@ impl SocketSession {
                     // A kitchen that sends a change again (reconnected without its answer) is
                     // answered as done rather than refused.
                     request_id: Some(tokens::request_key(&request_id)),
+                    allergy_ack,
                 };
                 let room = self.restaurant.clone();
                 ctx.spawn(

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scan2order_schema::domain::OrderStatus;
 use scan2order_schema::leases::{self, Fence};
 use scan2order_schema::models::{NewOutbox, NewStatusHistory, OrderItemRow, OrderRow, StoredOrder};
 use scan2order_schema::schema::{
-    menu_items, notification_outbox, order_items, order_status_history, orders, restaurants,
+    menu_items, menu_options, notification_outbox, order_items, order_status_history, orders,
+    restaurants,
 };
 use scan2order_schema::{DbConn, DbPool};
 use tokio::sync::{oneshot, Notify};
@@ -69,14 +70,16 @@ pub enum WriteOp {
         by: Option<Uuid>,
         /// The request it answers, kept with the history row so a retry is recognised.
         request_id: Option<String>,
+        /// The change records the kitchen's acknowledgement of the order's allergies (by `by`, at `at`).
+        allergy_ack: bool,
         outbox: Option<NewOutbox>,
         /// The staff session that asked for it, when authenticated from memory.
         session: Option<SessionCheck>,
     },
-    /// A kitchen sold-out toggle; it moves the restaurant's menu version on.
+    /// A kitchen sold-out toggle of a dish or an option; it moves the restaurant's menu version on.
     SetAvailability {
         restaurant_id: Uuid,
-        item_id: Uuid,
+        target: Switchable,
         available: bool,
         at: DateTime<Utc>,
     },
@@ -86,6 +89,13 @@ pub enum WriteOp {
         accepting: bool,
         at: DateTime<Utc>,
     },
+}
+
+/// What the kitchen can mark sold out.
+#[derive(Debug, Clone, Copy)]
+pub enum Switchable {
+    Item(Uuid),
+    Option(Uuid),
 }
 
 /// What a committed op did.
@@ -567,7 +577,7 @@ async fn write_all(
     let ended = {
         let shared: &DbConn = conn;
         let rows: Vec<OrderRow> = new_orders.iter().map(|(_, b)| b.order.clone()).collect();
-        let inserts = futures_util::future::try_join_all(rows.chunks(MAX_BIND_PARAMS / 14).map(
+        let inserts = futures_util::future::try_join_all(rows.chunks(MAX_BIND_PARAMS / 17).map(
             |chunk| async move {
                 let mut c = shared;
                 diesel::insert_into(orders::table)
@@ -621,11 +631,15 @@ async fn write_all(
             changed_at: b.order.created_at,
             changed_by: None,
             request_id: None,
+            allergy_ack: false,
         })
         .collect();
     let mut last: indexmap::IndexMap<Uuid, (OrderStatus, DateTime<Utc>)> =
         indexmap::IndexMap::new();
     let mut status_ops: Vec<(usize, Uuid)> = Vec::new();
+    // The first allergy acknowledgement of each order: who, when.
+    let mut acks: indexmap::IndexMap<Uuid, (Option<Uuid>, DateTime<Utc>)> =
+        indexmap::IndexMap::new();
     for (i, op) in ops.iter().enumerate().filter(|(i, _)| !ended.contains(i)) {
         if let WriteOp::SetStatus {
             order_id,
@@ -633,16 +647,21 @@ async fn write_all(
             at,
             by,
             request_id,
+            allergy_ack,
             ..
         } = op
         {
             last.insert(*order_id, (*status, *at));
+            if *allergy_ack {
+                acks.entry(*order_id).or_insert((*by, *at));
+            }
             history.push(NewStatusHistory {
                 order_id: *order_id,
                 status: *status,
                 changed_at: *at,
                 changed_by: *by,
                 request_id: request_id.clone(),
+                allergy_ack: *allergy_ack,
             });
             status_ops.push((i, *order_id));
         }
@@ -661,7 +680,7 @@ async fn write_all(
     let found: std::collections::HashSet<Uuid> = {
         let shared: &DbConn = conn;
         let mut writes: Vec<Stmt<'_>> = Vec::new();
-        for chunk in items.chunks(MAX_BIND_PARAMS / 7) {
+        for chunk in items.chunks(MAX_BIND_PARAMS / 8) {
             let mut c = shared;
             writes.push(Box::pin(async move {
                 diesel::insert_into(order_items::table)
@@ -671,7 +690,22 @@ async fn write_all(
                     .map(|_| ())
             }));
         }
-        for chunk in history.chunks(MAX_BIND_PARAMS / 5) {
+        if !acks.is_empty() {
+            let ids: Vec<Uuid> = acks.keys().copied().collect();
+            let by: Vec<Option<Uuid>> = acks.values().map(|(by, _)| *by).collect();
+            let ats: Vec<DateTime<Utc>> = acks.values().map(|(_, at)| *at).collect();
+            let mut c = shared;
+            writes.push(Box::pin(async move {
+                diesel::sql_query(scan2order_schema::models::SET_ALLERGY_ACKS_SQL)
+                    .bind::<Array<SqlUuid>, _>(ids)
+                    .bind::<Array<Nullable<SqlUuid>>, _>(by)
+                    .bind::<Array<Timestamptz>, _>(ats)
+                    .execute(&mut c)
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        for chunk in history.chunks(MAX_BIND_PARAMS / 7) {
             let mut c = shared;
             writes.push(Box::pin(async move {
                 diesel::insert_into(order_status_history::table)
@@ -740,21 +774,38 @@ async fn write_all(
         match op {
             WriteOp::SetAvailability {
                 restaurant_id,
-                item_id,
+                target,
                 available,
                 at,
             } => {
-                let n = diesel::update(
-                    menu_items::table
-                        .filter(menu_items::id.eq(item_id))
-                        .filter(menu_items::restaurant_id.eq(restaurant_id)),
-                )
-                .set((
-                    menu_items::available.eq(available),
-                    menu_items::updated_at.eq(at),
-                ))
-                .execute(conn)
-                .await?;
+                let n = match target {
+                    Switchable::Item(id) => {
+                        diesel::update(
+                            menu_items::table
+                                .filter(menu_items::id.eq(id))
+                                .filter(menu_items::restaurant_id.eq(restaurant_id)),
+                        )
+                        .set((
+                            menu_items::available.eq(available),
+                            menu_items::updated_at.eq(at),
+                        ))
+                        .execute(conn)
+                        .await?
+                    }
+                    Switchable::Option(id) => {
+                        diesel::update(
+                            menu_options::table
+                                .filter(menu_options::id.eq(id))
+                                .filter(menu_options::restaurant_id.eq(restaurant_id)),
+                        )
+                        .set((
+                            menu_options::available.eq(available),
+                            menu_options::updated_at.eq(at),
+                        ))
+                        .execute(conn)
+                        .await?
+                    }
+                };
                 if n != 1 {
                     return Err(diesel::result::Error::NotFound.into());
                 }

@@ -244,6 +244,7 @@ async fn writer(
                         unit_price_cents: *price,
                         quantity,
                         note: String::new(),
+                        options: Default::default(),
                     });
                 }
                 let ticket_no = ticket.fetch_add(1, Ordering::Relaxed);
@@ -263,6 +264,9 @@ async fn writer(
                     idempotency_key: format!("{prefix}-{n}"),
                     created_at: now,
                     updated_at: now,
+                    allergies: Vec::new(),
+                    allergy_ack_by: None,
+                    allergy_ack_at: None,
                 });
                 bundle.history.push(NewStatusHistory {
                     order_id: id,
@@ -270,6 +274,7 @@ async fn writer(
                     changed_at: now,
                     changed_by: None,
                     request_id: None,
+                    allergy_ack: false,
                 });
                 bundle
                     .outbox
@@ -291,6 +296,7 @@ async fn writer(
                 changed_at: now,
                 changed_by: None,
                 request_id: None,
+                allergy_ack: false,
             });
             if status == OrderStatus::Ready {
                 bundle
@@ -367,7 +373,7 @@ struct Updated {
 async fn write(pool: &Pool<AsyncPgConnection>, b: &Bundle) -> anyhow::Result<()> {
     let mut conn = pool.get().await.context("pool")?;
     conn.transaction(async |c| {
-        for chunk in b.orders.chunks(MAX_BIND_PARAMS / 14) {
+        for chunk in b.orders.chunks(MAX_BIND_PARAMS / 17) {
             let _ids: Vec<Uuid> = diesel::insert_into(orders::table)
                 .values(chunk)
                 .on_conflict((orders::restaurant_id, orders::idempotency_key))
@@ -376,7 +382,7 @@ async fn write(pool: &Pool<AsyncPgConnection>, b: &Bundle) -> anyhow::Result<()>
                 .get_results(c)
                 .await?;
         }
-        for chunk in b.items.chunks(MAX_BIND_PARAMS / 7) {
+        for chunk in b.items.chunks(MAX_BIND_PARAMS / 8) {
             diesel::insert_into(order_items::table)
                 .values(chunk)
                 .execute(c)
@@ -393,7 +399,7 @@ async fn write(pool: &Pool<AsyncPgConnection>, b: &Bundle) -> anyhow::Result<()>
                 .load(c)
                 .await?;
         }
-        for chunk in b.history.chunks(MAX_BIND_PARAMS / 5) {
+        for chunk in b.history.chunks(MAX_BIND_PARAMS / 7) {
             diesel::insert_into(order_status_history::table)
                 .values(chunk)
                 .execute(c)

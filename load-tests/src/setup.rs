@@ -416,6 +416,7 @@ pub async fn insert_restaurant(
             deleted_at: None,
             created_at: now,
             updated_at: now,
+            allergens: Vec::new(),
         })
         .collect();
     diesel::insert_into(menu_items::table)

@@ -1221,6 +1221,7 @@ async fn run_connection(
                     request_id: cmd.request_id.clone(),
                     order_id: OrderId::from(cmd.order_id),
                     status: cmd.status,
+                    allergy_ack: false,
                 };
                 let Ok(text) = serde_json::to_vec(&msg) else {
                     continue;
@@ -1779,6 +1780,7 @@ async fn place_order(w: &Arc<Worker>, r: u32, bot: &mpsc::UnboundedSender<(Uuid,
                 menu_item_id: MenuItemId::from(avail[(start + i) % avail.len()]),
                 quantity: rng.random_range(1..=3),
                 note: None,
+                options: None,
             })
             .collect();
         (t, items)
@@ -1801,6 +1803,7 @@ async fn place_order(w: &Arc<Worker>, r: u32, bot: &mpsc::UnboundedSender<(Uuid,
         table_token: table.token.clone(),
         items,
         note: Some(order_note(tag)),
+        allergies: None,
     }) {
         Ok(b) => b,
         Err(_) => return,
@@ -1928,7 +1931,10 @@ async fn change_status(w: &Arc<Worker>, id: Uuid, status: OrderStatus, r: u32, t
     match w.cfg.status_via {
         StatusVia::Rest => {
             let rp = &w.plan.restaurants[r as usize];
-            let Ok(body) = serde_json::to_vec(&SetStatusRequest { status }) else {
+            let Ok(body) = serde_json::to_vec(&SetStatusRequest {
+                status,
+                allergy_ack: false,
+            }) else {
                 return false;
             };
             let auth = format!("Bearer {}", rp.staff_token);

@@ -75,6 +75,48 @@ id_type!(
     /// A staff account (chef or admin).
     StaffId
 );
+id_type!(
+    /// A choice on a dish (a size, a doneness, extras).
+    OptionGroupId
+);
+id_type!(
+    /// One option of a choice.
+    MenuOptionId
+);
+
+/// The 14 allergens EU and UK law makes restaurants declare, in the order menus list them.
+pub const ALLERGENS: [&str; 14] = [
+    "gluten",
+    "crustaceans",
+    "eggs",
+    "fish",
+    "peanuts",
+    "soybeans",
+    "milk",
+    "nuts",
+    "celery",
+    "mustard",
+    "sesame",
+    "sulphites",
+    "lupin",
+    "molluscs",
+];
+
+/// Options chosen on one order line.
+pub const MAX_LINE_OPTIONS: usize = 30;
+
+/// Checks allergen codes (each one of [`ALLERGENS`]): the codes without repeats, in the order of
+/// [`ALLERGENS`]; otherwise the first unknown code.
+pub fn allergen_codes(codes: &[String]) -> Result<Vec<String>, String> {
+    if let Some(bad) = codes.iter().find(|c| !ALLERGENS.contains(&c.as_str())) {
+        return Err(bad.clone());
+    }
+    Ok(ALLERGENS
+        .iter()
+        .filter(|a| codes.iter().any(|c| c == *a))
+        .map(|a| a.to_string())
+        .collect())
+}
 
 /// Where an order is in the kitchen. `served` and `cancelled` are final. Stored by name
 /// ([`crate::stored`]).
@@ -298,5 +340,24 @@ mod tests {
             assert_eq!(s.as_str().parse::<OrderStatus>().ok(), Some(s));
         }
         assert!("eaten".parse::<OrderStatus>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod allergen_tests {
+    use super::*;
+
+    #[test]
+    fn allergen_codes_are_checked_deduplicated_and_ordered() {
+        let codes = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            allergen_codes(&codes(&["milk", "gluten", "milk"])),
+            Ok(codes(&["gluten", "milk"]))
+        );
+        assert_eq!(
+            allergen_codes(&codes(&["milk", "Gluten"])),
+            Err("Gluten".to_string())
+        );
+        assert_eq!(allergen_codes(&[]), Ok(Vec::new()));
     }
 }

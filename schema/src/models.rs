@@ -52,6 +52,13 @@ pub const SET_STATUSES_SQL: &str = "UPDATE orders AS o SET status = v.status, up
      FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS v(id, status, at) \
      WHERE o.id = v.id RETURNING o.id";
 
+/// Records the kitchen's acknowledgement of orders' allergies in one statement: `$1` ids, `$2` who
+/// (staff ids, or null), `$3` when. An order keeps its first acknowledgement.
+pub const SET_ALLERGY_ACKS_SQL: &str =
+    "UPDATE orders AS o SET allergy_ack_by = v.by, allergy_ack_at = v.at \
+     FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS v(id, by, at) \
+     WHERE o.id = v.id AND o.allergy_ack_at IS NULL";
+
 impl Restaurant {
     /// A new restaurant: accepting orders, menu version 1, the default ticket thresholds.
     pub fn new(
@@ -166,6 +173,8 @@ pub struct MenuItem {
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Allergen codes ([`crate::domain::ALLERGENS`]).
+    pub allergens: Vec<String>,
 }
 
 impl MenuItem {
@@ -188,6 +197,10 @@ impl MenuItem {
             price_cents: self.price_cents,
             available: self.available,
             tags: self.tags.clone(),
+            allergens: self.allergens.clone(),
+            image_url: None,
+            thumbnail_url: None,
+            option_groups: Vec::new(),
         }
     }
 }
@@ -522,6 +535,10 @@ pub struct OrderRow {
     pub idempotency_key: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The table's declared allergies, and the kitchen's acknowledgement of them.
+    pub allergies: Vec<String>,
+    pub allergy_ack_by: Option<Uuid>,
+    pub allergy_ack_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -534,6 +551,7 @@ pub struct OrderItemRow {
     pub unit_price_cents: i64,
     pub quantity: i32,
     pub note: String,
+    pub options: crate::options::LineOptions,
 }
 
 #[derive(Clone, Debug, Insertable)]
@@ -545,6 +563,8 @@ pub struct NewStatusHistory {
     pub changed_by: Option<Uuid>,
     /// The request the change answered (see [`StoredOrder::change_applied`]).
     pub request_id: Option<String>,
+    /// The change carried the kitchen's acknowledgement of the order's allergies.
+    pub allergy_ack: bool,
 }
 
 /// An order row with its lines.
@@ -574,6 +594,7 @@ impl StoredOrder {
                     unit_price_cents: i.unit_price_cents,
                     quantity: i.quantity,
                     note: i.note.clone(),
+                    options: i.options.0.clone(),
                 })
                 .collect(),
             note: r.note.clone(),
@@ -586,7 +607,22 @@ impl StoredOrder {
             },
             created_at: r.created_at,
             updated_at: r.updated_at,
+            allergies: r.allergies.clone(),
+            allergy_ack: self.allergy_ack(),
         }
+    }
+
+    /// The kitchen's acknowledgement of the order's allergies, once made.
+    pub fn allergy_ack(&self) -> Option<wire::AllergyAck> {
+        self.row.allergy_ack_at.map(|at| wire::AllergyAck {
+            by: self.row.allergy_ack_by.map(Into::into),
+            at,
+        })
+    }
+
+    /// Whether the order waits for the kitchen to acknowledge its allergies.
+    pub fn needs_allergy_ack(&self) -> bool {
+        !self.row.allergies.is_empty() && self.row.allergy_ack_at.is_none()
     }
 
     /// Attaches their lines to order rows with one query.

@@ -38,6 +38,7 @@ diesel::table! {
         position -> Int4,
         tags -> Array<Text>,
         deleted_at -> Nullable<Timestamptz>,
+        allergens -> Array<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }
@@ -112,6 +113,9 @@ diesel::table! {
         idempotency_key -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        allergies -> Array<Text>,
+        allergy_ack_by -> Nullable<Uuid>,
+        allergy_ack_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -124,6 +128,7 @@ diesel::table! {
         unit_price_cents -> Int8,
         quantity -> Int4,
         note -> Text,
+        options -> Jsonb,
     }
 }
 
@@ -135,6 +140,7 @@ diesel::table! {
         changed_at -> Timestamptz,
         changed_by -> Nullable<Uuid>,
         request_id -> Nullable<Text>,
+        allergy_ack -> Bool,
     }
 }
 
@@ -174,6 +180,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    option_groups (id) {
+        id -> Uuid,
+        restaurant_id -> Uuid,
+        menu_item_id -> Uuid,
+        name -> Text,
+        min_choices -> Int4,
+        max_choices -> Int4,
+        position -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    menu_options (id) {
+        id -> Uuid,
+        restaurant_id -> Uuid,
+        group_id -> Uuid,
+        name -> Text,
+        price_delta_cents -> Int8,
+        available -> Bool,
+        allergens -> Array<Text>,
+        position -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(option_groups -> menu_items (menu_item_id));
+diesel::joinable!(menu_options -> option_groups (group_id));
 diesel::joinable!(menu_categories -> restaurants (restaurant_id));
 diesel::joinable!(menu_items -> menu_categories (category_id));
 diesel::joinable!(restaurant_tables -> restaurants (restaurant_id));
@@ -198,4 +234,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     notification_outbox,
     restaurant_leases,
     cluster_nodes,
+    option_groups,
+    menu_options,
 );

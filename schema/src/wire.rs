@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{CategoryId, MenuItemId, OrderId, OrderStatus, RestaurantId, StaffId, TableId};
+use crate::domain::{
+    CategoryId, MenuItemId, MenuOptionId, OptionGroupId, OrderId, OrderStatus, RestaurantId,
+    StaffId, TableId,
+};
 
 /// An error body: `{"error": "<code>", "message": "<sentence>"}` plus optional details.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -13,6 +16,44 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item_ids: Option<Vec<MenuItemId>>,
+    /// With `item_unavailable`: the sold-out options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_ids: Option<Vec<MenuOptionId>>,
+    /// With `invalid_options`: the dish and the choice that was not made right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<MenuItemId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<OptionGroupId>,
+}
+
+impl ErrorBody {
+    /// A body with no details.
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            message: message.into(),
+            item_ids: None,
+            option_ids: None,
+            item_id: None,
+            group_id: None,
+        }
+    }
+}
+
+/// An option a line was ordered with, copied at order time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderLineOption {
+    pub option_id: MenuOptionId,
+    pub group_name: String,
+    pub name: String,
+    pub price_delta_cents: i64,
+}
+
+/// Who in the kitchen acknowledged an order's declared allergies, and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllergyAck {
+    pub by: Option<StaffId>,
+    pub at: DateTime<Utc>,
 }
 
 /// One line of an order as the guest sees it: name and price copied at order time.
@@ -23,6 +64,9 @@ pub struct OrderLine {
     pub unit_price_cents: i64,
     pub quantity: i32,
     pub note: String,
+    /// The options chosen, copied at order time; `unit_price_cents` includes their deltas.
+    #[serde(default)]
+    pub options: Vec<OrderLineOption>,
 }
 
 /// An order. `phone` is the guest's own number on guest calls and masked for the kitchen and tables.
@@ -41,6 +85,12 @@ pub struct Order {
     pub phone: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The table's declared allergies (allergen codes).
+    #[serde(default)]
+    pub allergies: Vec<String>,
+    /// Set once the kitchen acknowledged the allergies.
+    #[serde(default)]
+    pub allergy_ack: Option<AllergyAck>,
 }
 
 /// `POST /api/v1/orders` body. Unknown fields are refused, so a client cannot smuggle a price.
@@ -51,6 +101,9 @@ pub struct PlaceOrderRequest {
     pub items: Vec<PlaceOrderLine>,
     #[serde(default)]
     pub note: Option<String>,
+    /// The table's declared allergies: a dish or option containing one is refused.
+    #[serde(default)]
+    pub allergies: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +113,8 @@ pub struct PlaceOrderLine {
     pub quantity: i32,
     #[serde(default)]
     pub note: Option<String>,
+    #[serde(default)]
+    pub options: Option<Vec<MenuOptionId>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,6 +132,9 @@ pub struct OrderList {
 #[serde(deny_unknown_fields)]
 pub struct SetStatusRequest {
     pub status: OrderStatus,
+    /// The staff member read the order's allergies (required on its first forward move when it has any).
+    #[serde(default)]
+    pub allergy_ack: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -100,6 +158,34 @@ pub struct MenuItemView {
     pub price_cents: i64,
     pub available: bool,
     pub tags: Vec<String>,
+    #[serde(default)]
+    pub allergens: Vec<String>,
+    /// The dish's photo (menu size) and its thumbnail: immutable URLs, or null.
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(default)]
+    pub thumbnail_url: Option<String>,
+    #[serde(default)]
+    pub option_groups: Vec<OptionGroupView>,
+}
+
+/// A choice on a dish: the guest picks between `min` and `max` of its options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptionGroupView {
+    pub id: OptionGroupId,
+    pub name: String,
+    pub min: i32,
+    pub max: i32,
+    pub options: Vec<OptionView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptionView {
+    pub id: MenuOptionId,
+    pub name: String,
+    pub price_delta_cents: i64,
+    pub available: bool,
+    pub allergens: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -284,10 +370,18 @@ pub enum ServerMsg {
         ticket_no: i32,
         status: OrderStatus,
         updated_at: DateTime<Utc>,
+        /// Set once the kitchen acknowledged the order's allergies.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allergy_ack: Option<AllergyAck>,
     },
     MenuItem {
         seq: u64,
         item_id: MenuItemId,
+        available: bool,
+    },
+    MenuOption {
+        seq: u64,
+        option_id: MenuOptionId,
         available: bool,
     },
     Restaurant {
@@ -316,6 +410,7 @@ impl ServerMsg {
             ServerMsg::OrderCreated { seq, .. }
             | ServerMsg::OrderStatus { seq, .. }
             | ServerMsg::MenuItem { seq, .. }
+            | ServerMsg::MenuOption { seq, .. }
             | ServerMsg::Restaurant { seq, .. }
             | ServerMsg::Menu { seq, .. } => Some(*seq),
             _ => None,
@@ -335,6 +430,9 @@ pub enum ClientMsg {
         request_id: String,
         order_id: OrderId,
         status: OrderStatus,
+        /// As in `POST …/status`: the allergies were read.
+        #[serde(default)]
+        allergy_ack: bool,
     },
 }
 

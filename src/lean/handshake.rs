@@ -350,12 +350,8 @@ async fn answer_error(io: &TcpStream, (err, extra): Refusal, request_id: Option<
 
 /// An HTTP error answer in PROTOCOL.md's shape; the connection closes after it.
 fn error_response(err: &ApiError, extra: &[(&str, &str)], request_id: Option<&str>) -> Vec<u8> {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: err.code.to_string(),
-        message: err.message.clone(),
-        item_ids: None,
-    })
-    .unwrap_or_default();
+    let body =
+        serde_json::to_vec(&ErrorBody::new(err.code, err.message.clone())).unwrap_or_default();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          cache-control: no-store\r\nconnection: close\r\n",

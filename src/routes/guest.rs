@@ -182,6 +182,7 @@ async fn place_order(
                 idempotency_key: key,
                 lines: body.items,
                 note: body.note,
+                allergies: body.allergies,
                 session: customer.unconfirmed,
             },
         )

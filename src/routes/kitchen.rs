@@ -8,8 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{Duration as ChronoDuration, Utc};
 use scan2order_actors::restaurant::{
     ChangeStatus, GetKitchenInfo, GetLiveOrders, SetAccepting, SetAvailability,
+    SetOptionAvailability,
 };
-use scan2order_schema::domain::{MenuItemId, OrderId, RestaurantId};
+use scan2order_schema::domain::{MenuItemId, MenuOptionId, OrderId, RestaurantId};
 use scan2order_schema::models::{StaffSession, StaffUserRow};
 use scan2order_schema::tokens::{new_session_token, token_hash};
 use scan2order_schema::wire::{
@@ -47,6 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .wrap(from_fn(auth::staff_required))
                 .route("/orders", web::get().to(live_orders))
                 .route("/menu-items/{id}", web::patch().to(set_available))
+                .route("/options/{id}", web::patch().to(set_option_available))
                 .route("/restaurant", web::patch().to(set_accepting))
                 .route("/restaurant", web::get().to(kitchen_info)),
         );
@@ -210,6 +212,7 @@ async fn set_status(
                 by: Some(staff.id),
                 session: staff.unconfirmed.clone(),
                 request_id: Some(request_id),
+                allergy_ack: body.allergy_ack,
             },
         )
         .await??;
@@ -236,6 +239,28 @@ async fn set_available(
         )
         .await??;
     Ok(HttpResponse::Ok().json(item))
+}
+
+/// `PATCH /api/v1/kitchen/options/{id}`: an option sold out or back; sockets hear `menu_option`.
+async fn set_option_available(
+    ctx: web::Data<AppContext>,
+    staff: Staff,
+    id: web::Path<MenuOptionId>,
+    q: Query<RestaurantQuery>,
+    body: Json<SetAvailableRequest>,
+) -> ApiResult<HttpResponse> {
+    let rid = staff.kitchen_restaurant(q.restaurant_id)?;
+    let option = ctx
+        .engine
+        .ask(
+            rid,
+            SetOptionAvailability {
+                option_id: *id,
+                available: body.available,
+            },
+        )
+        .await??;
+    Ok(HttpResponse::Ok().json(option))
 }
 
 /// `PATCH /api/v1/kitchen/restaurant`: pause or resume ordering; guests hear it.

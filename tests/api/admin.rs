@@ -7,12 +7,12 @@ use crate::helpers::{spawn_app, TestApp};
 
 const ADMIN: (&str, &str) = ("root-admin", "admin-password-1");
 
-async fn admin_token(app: &TestApp) -> String {
+pub(crate) async fn admin_token(app: &TestApp) -> String {
     app.staff(ADMIN.0, ADMIN.1, "admin", None).await;
     app.login(ADMIN.0, ADMIN.1).await
 }
 
-async fn call(
+pub(crate) async fn call(
     app: &TestApp,
     token: &str,
     method: &str,

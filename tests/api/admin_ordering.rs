@@ -80,8 +80,10 @@ async fn an_order_sent_while_a_price_change_is_applying_is_priced_at_the_new_pri
             menu_item_id: MenuItemId::from(item.id),
             quantity: 1,
             note: None,
+            options: None,
         }],
         note: None,
+        allergies: None,
         session: None,
     });
 

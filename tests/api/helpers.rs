@@ -548,6 +548,7 @@ impl TestApp {
                 deleted_at: None,
                 created_at: now,
                 updated_at: now,
+                allergens: vec![],
             })
             .collect();
         diesel::insert_into(menu_items::table)
@@ -911,7 +912,15 @@ pub async fn expect_error(res: reqwest::Response, status: u16, code: &str) -> Va
         .unwrap_or_else(|| panic!("not an object: {text}"));
     for key in fields.keys() {
         assert!(
-            ["error", "message", "item_ids"].contains(&key.as_str()),
+            [
+                "error",
+                "message",
+                "item_ids",
+                "option_ids",
+                "item_id",
+                "group_id"
+            ]
+            .contains(&key.as_str()),
             "unexpected field {key} in {text}"
         );
     }

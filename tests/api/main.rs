@@ -19,6 +19,7 @@ mod operations;
 mod orders;
 mod otp;
 mod ownership;
+mod real_menus;
 mod reconcile;
 mod resume;
 mod sessions;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::restaurant::{
     ApplyAdminChange, ChangeStatus, EngineError, GetKitchenInfo, GetLiveOrders, GetTableMenu,
-    PlaceOrder, RelaySync, SetAccepting, SetAvailability,
+    PlaceOrder, RelaySync, SetAccepting, SetAvailability, SetOptionAvailability,
 };
 
 /// Every command that may be sent to a restaurant's owner on another node.
@@ -28,6 +28,7 @@ pub enum Command {
     PlaceOrder(PlaceOrder),
     ChangeStatus(ChangeStatus),
     SetAvailability(SetAvailability),
+    SetOptionAvailability(SetOptionAvailability),
     SetAccepting(SetAccepting),
     GetTableMenu(GetTableMenu),
     GetKitchenInfo(GetKitchenInfo),
@@ -57,6 +58,7 @@ forwarded!(
     PlaceOrder,
     ChangeStatus,
     SetAvailability,
+    SetOptionAvailability,
     SetAccepting,
     GetTableMenu,
     GetKitchenInfo,
@@ -129,6 +131,7 @@ mod tests {
             by: None,
             session: None,
             request_id: Some("tap-1".into()),
+            allergy_ack: false,
         };
         let bytes = Envelope::encode(rid, msg.clone()).expect("encodes");
         let back: Envelope = serde_json::from_slice(&bytes).expect("decodes");
@@ -148,9 +151,14 @@ mod tests {
             .expect("decodes");
         assert!(matches!(back.command, Command::RelaySync(s) if s.audiences.len() == 1));
 
-        let reply: Reply<String> = Reply::Done(Err(EngineError::ItemUnavailable(vec![])));
+        let reply: Reply<String> = Reply::Done(Err(EngineError::ItemUnavailable {
+            items: vec![],
+            options: vec![],
+        }));
         match Reply::<String>::decode(&reply.encode()) {
-            Reply::Done(Err(EngineError::ItemUnavailable(v))) => assert!(v.is_empty()),
+            Reply::Done(Err(EngineError::ItemUnavailable { items, .. })) => {
+                assert!(items.is_empty())
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use scan2order_schema::domain::TableId;
 use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable};
+use scan2order_schema::options::{MenuOption, OptionGroup};
 use scan2order_schema::wire::ServerMsg;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -37,6 +38,8 @@ struct Reloaded {
     info: Restaurant,
     categories: Vec<MenuCategory>,
     items: Vec<MenuItem>,
+    groups: Vec<OptionGroup>,
+    options: Vec<MenuOption>,
     tables: Vec<RestaurantTable>,
 }
 
@@ -58,6 +61,8 @@ impl Handler<ApplyAdminChange> for RestaurantActor {
                     .ok_or(AdminError::NotFound)?;
                 let categories = MenuCategory::for_restaurant(&mut conn, rid).await?;
                 let items = MenuItem::for_restaurant(&mut conn, rid).await?;
+                let groups = OptionGroup::for_restaurant(&mut conn, rid).await?;
+                let options = MenuOption::for_restaurant(&mut conn, rid).await?;
                 let tables = RestaurantTable::for_restaurant(&mut conn, rid).await?;
                 Ok((
                     outcome,
@@ -65,6 +70,8 @@ impl Handler<ApplyAdminChange> for RestaurantActor {
                         info,
                         categories,
                         items,
+                        groups,
+                        options,
                         tables,
                     },
                 ))
@@ -125,7 +132,13 @@ impl RestaurantActor {
                 }
             }
         }
-        self.menu.replace(r.info, r.categories, r.items, new_tables);
+        self.menu.replace(
+            r.info,
+            r.categories,
+            r.items,
+            super::choices::Choices::new(r.groups, r.options),
+            new_tables,
+        );
         if accepting_changed {
             let accepting = self.menu.info.accepting_orders;
             self.publish(None, |seq| ServerMsg::Restaurant {

@@ -3,6 +3,7 @@
 use chrono::{NaiveDate, Utc};
 use scan2order_schema::domain::RestaurantId;
 use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable, StoredOrder};
+use scan2order_schema::options::{MenuOption, OptionGroup};
 use scan2order_schema::DbPool;
 
 use super::menu::parse_tz;
@@ -13,6 +14,8 @@ pub struct LoadedRestaurant {
     pub info: Restaurant,
     pub categories: Vec<MenuCategory>,
     pub items: Vec<MenuItem>,
+    pub groups: Vec<OptionGroup>,
+    pub options: Vec<MenuOption>,
     pub tables: Vec<RestaurantTable>,
     pub live: Vec<StoredOrder>,
     pub ticket_day: NaiveDate,
@@ -38,6 +41,12 @@ impl LoadedRestaurant {
         let items = MenuItem::for_restaurant(&mut conn, id.get())
             .await
             .map_err(db)?;
+        let groups = OptionGroup::for_restaurant(&mut conn, id.get())
+            .await
+            .map_err(db)?;
+        let options = MenuOption::for_restaurant(&mut conn, id.get())
+            .await
+            .map_err(db)?;
         let tables = RestaurantTable::for_restaurant(&mut conn, id.get())
             .await
             .map_err(db)?;
@@ -51,6 +60,8 @@ impl LoadedRestaurant {
             info,
             categories,
             items,
+            groups,
+            options,
             tables,
             live,
             ticket_day,

@@ -1,7 +1,7 @@
 //! # The menu side of a restaurant: what guests see and what the kitchen switches
 //!
-//! [`Menu`] is the restaurant's admin-owned state in memory (the restaurant row, categories, items,
-//! tables) with the guest JSON rendered once per change, so menu reads never touch Postgres. The
+//! [`Menu`] is the restaurant's admin-owned state in memory (the restaurant row, categories, items
+//! with their option groups and options, tables) with the guest JSON rendered once per change, so menu reads never touch Postgres. The
 //! handlers here are the kitchen's toggles (sold out, pause) and the in-memory reads; admin changes
 //! are in `admin.rs`.
 
@@ -10,15 +10,16 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use chrono::Utc;
 use indexmap::IndexMap;
-use scan2order_schema::domain::{MenuItemId, TableId};
+use scan2order_schema::domain::{MenuItemId, MenuOptionId, TableId};
 use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable};
 use scan2order_schema::wire::{
     self, CategoryView, MenuView, RestaurantKitchen, RestaurantPublic, ServerMsg, TablePublic,
 };
 use uuid::Uuid;
 
+use super::choices::Choices;
 use super::{EngineError, Missing, RestaurantActor};
-use crate::writer::{WriteOp, WriteOutcome};
+use crate::writer::{Switchable, WriteOp, WriteOutcome};
 
 /// A restaurant's menu, tables and settings as last committed, with the guest JSON rendered from them.
 pub(crate) struct Menu {
@@ -30,6 +31,8 @@ pub(crate) struct Menu {
     pub(crate) categories: Vec<MenuCategory>,
     /// Every dish not deleted, by id: orders are validated and priced from here.
     pub(crate) items: IndexMap<Uuid, MenuItem>,
+    /// The dishes' option groups and options.
+    pub(crate) choices: Choices,
     /// Every table, active or not, by id: a table token is checked against these.
     pub(crate) tables: HashMap<Uuid, RestaurantTable>,
     /// The guest menu JSON (`MenuView`), rendered after every change.
@@ -47,6 +50,7 @@ impl Menu {
         info: Restaurant,
         categories: Vec<MenuCategory>,
         items: Vec<MenuItem>,
+        choices: Choices,
         tables: Vec<RestaurantTable>,
     ) -> Menu {
         let mut menu = Menu {
@@ -54,6 +58,7 @@ impl Menu {
             info,
             categories,
             items: items.into_iter().map(|i| (i.id, i)).collect(),
+            choices,
             tables: tables.into_iter().map(|t| (t.id, t)).collect(),
             menu_json: String::new(),
             public_json: String::new(),
@@ -83,7 +88,9 @@ impl Menu {
         items.sort_by_key(|i| (i.position, i.created_at));
         for item in items {
             if let Some(&ci) = index.get(&item.category_id) {
-                categories[ci].items.push(item.to_view());
+                let mut view = item.to_view();
+                view.option_groups = self.choices.views_of(item.id);
+                categories[ci].items.push(view);
             }
         }
         let menu = MenuView {
@@ -136,6 +143,7 @@ impl Menu {
         info: Restaurant,
         categories: Vec<MenuCategory>,
         items: Vec<MenuItem>,
+        choices: Choices,
         tables: HashMap<Uuid, RestaurantTable>,
     ) {
         self.tz = parse_tz(&info.time_zone);
@@ -146,6 +154,7 @@ impl Menu {
         self.info.menu_version = newest;
         self.categories = categories;
         self.items = items.into_iter().map(|i| (i.id, i)).collect();
+        self.choices = choices;
         self.tables = tables;
         self.render();
     }
@@ -214,7 +223,7 @@ impl Handler<SetAvailability> for RestaurantActor {
         let at = Utc::now();
         let op = WriteOp::SetAvailability {
             restaurant_id: self.id.get(),
-            item_id: id,
+            target: Switchable::Item(id),
             available: msg.available,
             at,
         };
@@ -236,6 +245,61 @@ impl Handler<SetAvailability> for RestaurantActor {
                     act.publish(None, |seq| ServerMsg::MenuItem {
                         seq,
                         item_id: msg.item_id,
+                        available: msg.available,
+                    });
+                    Ok(view)
+                }),
+        )
+    }
+}
+
+/// The kitchen marks an option (oat milk, a side) sold out or back.
+#[derive(Message, Clone, serde::Serialize, serde::Deserialize)]
+#[rtype(result = "Result<wire::OptionView, EngineError>")]
+pub struct SetOptionAvailability {
+    pub option_id: MenuOptionId,
+    pub available: bool,
+}
+
+impl Handler<SetOptionAvailability> for RestaurantActor {
+    type Result = ResponseActFuture<Self, Result<wire::OptionView, EngineError>>;
+
+    fn handle(&mut self, msg: SetOptionAvailability, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let id = msg.option_id.get();
+        let Some(option) = self.menu.choices.option(id) else {
+            return Box::pin(actix::fut::ready(Err(EngineError::NotFound(
+                Missing::MenuOption,
+            ))));
+        };
+        if option.available == msg.available {
+            return Box::pin(actix::fut::ready(Ok(option.to_view())));
+        }
+        let at = Utc::now();
+        let op = WriteOp::SetAvailability {
+            restaurant_id: self.id.get(),
+            target: Switchable::Option(id),
+            available: msg.available,
+            at,
+        };
+        Box::pin(
+            self.commit(op)
+                .into_actor(self)
+                .map(move |committed, act, _| {
+                    let outcome = committed.stored()?;
+                    act.menu.committed_version(&outcome);
+                    let view = match act.menu.choices.option_mut(id) {
+                        Some(option) => {
+                            option.available = msg.available;
+                            option.updated_at = at;
+                            option.to_view()
+                        }
+                        None => return Err(EngineError::NotFound(Missing::MenuOption)),
+                    };
+                    act.menu.render();
+                    act.publish(None, |seq| ServerMsg::MenuOption {
+                        seq,
+                        option_id: msg.option_id,
                         available: msg.available,
                     });
                     Ok(view)

@@ -12,6 +12,7 @@
 //! - [`order_book`]: live orders — validation, server-side pricing, tickets, the status machine;
 //! - [`event_ring`]: the `(epoch, seq)` numbered stream kept for resume;
 //! - [`menu`]: the committed menu, tables and settings, rendered once for guests; the kitchen toggles;
+//! - [`choices`]: the dishes' option groups and options, indexed for pricing and rendering;
 //! - [`orders`]: placing orders and moving them along (the write paths);
 //! - [`fanout`]: sockets — hello, subscribe with replay or snapshot, unsubscribe, closes;
 //! - [`reconcile`]: settling writes whose commit nobody saw;
@@ -19,6 +20,7 @@
 //! - [`load`]: what an actor starts from, read at activation.
 
 mod admin;
+mod choices;
 mod error;
 mod event_ring;
 mod fanout;
@@ -50,7 +52,10 @@ pub use fanout::{
     CloseAll, CloseStaffSockets, RelaySync, RelaySynced, SayHello, Subscribe, Unsubscribe,
 };
 pub use load::LoadedRestaurant;
-pub use menu::{GetKitchenInfo, GetTableMenu, SetAccepting, SetAvailability, TableMenuAnswer};
+pub use menu::{
+    GetKitchenInfo, GetTableMenu, SetAccepting, SetAvailability, SetOptionAvailability,
+    TableMenuAnswer,
+};
 pub use orders::{ChangeStatus, GetLiveOrders, PlaceOrder, PlacedOrder};
 
 pub(crate) use event_ring::EventRing;
@@ -166,6 +171,8 @@ impl RestaurantActor {
             info,
             categories,
             items,
+            groups,
+            options,
             tables,
             live,
             ticket_day,
@@ -175,7 +182,13 @@ impl RestaurantActor {
             id: info.id.into(),
             fence,
             me: None,
-            menu: Menu::new(info, categories, items, tables),
+            menu: Menu::new(
+                info,
+                categories,
+                items,
+                choices::Choices::new(groups, options),
+                tables,
+            ),
             orders: OrderBook::new(live, ticket_day, ticket_last, config.recent_keys),
             ring: EventRing::new(config.ring_size),
             subscribers: Subscribers::default(),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::event_ring::Audience;
 use super::menu::Menu;
-use super::pricing::{check_note, price_lines};
+use super::pricing::{check_allergies, check_note, price_lines};
 use super::{EngineError, Missing};
 
 /// The stored status of an order row.
@@ -63,6 +63,8 @@ pub(crate) struct OrderRequest<'a> {
     pub idempotency_key: &'a str,
     pub lines: &'a [PlaceOrderLine],
     pub note: Option<&'a str>,
+    /// The table's declared allergies, as sent.
+    pub allergies: Option<&'a [String]>,
 }
 
 /// A committed status change, as the stream tells it.
@@ -193,7 +195,8 @@ impl OrderBook {
             .ok_or(EngineError::NotFound(Missing::Table))?;
         let order_note = check_note("note", request.note)?;
         let order_id = Uuid::now_v7();
-        let (items, total) = price_lines(order_id, request.lines, |id| menu.items.get(&id.get()))?;
+        let allergies = check_allergies(request.allergies)?;
+        let (items, total) = price_lines(order_id, request.lines, menu, &allergies)?;
         let (business_day, ticket_no) = self.next_ticket(now.with_timezone(&menu.tz).date_naive());
         Ok(StoredOrder {
             row: OrderRow {
@@ -211,6 +214,9 @@ impl OrderBook {
                 idempotency_key: request.idempotency_key.to_string(),
                 created_at: now,
                 updated_at: now,
+                allergies,
+                allergy_ack_by: None,
+                allergy_ack_at: None,
             },
             items,
         })
@@ -220,12 +226,17 @@ impl OrderBook {
     /// when the order is not live (finished, or not this restaurant's); otherwise the row as committed.
     /// A change carrying the `request` id of one still being written is `Unavailable` (its client
     /// retried early: the first attempt's answer is on its way).
+    ///
+    /// An order with declared allergies leaves `placed` forward only with `allergy_ack` (a member of
+    /// staff read them), else `AllergyAckRequired`; cancelling needs none. The flag in the answer says
+    /// whether this change records the acknowledgement.
     pub(crate) fn begin_change(
         &mut self,
         id: Uuid,
         to: OrderStatus,
         request: Option<&str>,
-    ) -> Option<Result<&OrderRow, EngineError>> {
+        allergy_ack: bool,
+    ) -> Option<Result<(&OrderRow, bool), EngineError>> {
         let live = self.live.get_mut(&id)?;
         if live.unsettled || request.is_some_and(|r| live.in_flight.iter().any(|f| f == r)) {
             return Some(Err(EngineError::Unavailable));
@@ -234,11 +245,17 @@ impl OrderBook {
         if !from.can_become(to) {
             return Some(Err(EngineError::InvalidTransition { from, to }));
         }
+        let records_ack = from == OrderStatus::Placed
+            && to != OrderStatus::Cancelled
+            && live.stored.needs_allergy_ack();
+        if records_ack && !allergy_ack {
+            return Some(Err(EngineError::AllergyAckRequired));
+        }
         live.projected = to;
         if let Some(r) = request {
             live.in_flight.push(r.to_string());
         }
-        Some(Ok(&live.stored.row))
+        Some(Ok((&live.stored.row, records_ack)))
     }
 
     /// The writer answered the change `request` started (committed, refused or unknown).
@@ -259,17 +276,25 @@ impl OrderBook {
         }
     }
 
-    /// A change sent by [`begin_change`](Self::begin_change) committed: the order takes its new status,
-    /// and leaves the book when that status is final.
+    /// A change sent by [`begin_change`](Self::begin_change) committed: the order takes its new status
+    /// (and the allergy acknowledgement `ack` it recorded: by whom, when), and leaves the book when
+    /// that status is final.
     pub(crate) fn change_committed(
         &mut self,
         id: Uuid,
         to: OrderStatus,
         at: DateTime<Utc>,
+        ack: Option<(Option<Uuid>, DateTime<Utc>)>,
     ) -> Option<StatusApplied> {
         let live = self.live.get_mut(&id)?;
         live.stored.row.status = to;
         live.stored.row.updated_at = at;
+        if let Some((by, at)) = ack {
+            if live.stored.row.allergy_ack_at.is_none() {
+                live.stored.row.allergy_ack_by = by;
+                live.stored.row.allergy_ack_at = Some(at);
+            }
+        }
         let applied = StatusApplied {
             order: live.stored.to_wire(false),
             table: TableId::from(live.stored.row.table_id),
@@ -305,7 +330,11 @@ impl OrderBook {
         if !db_status.can_become(live.projected) {
             live.projected = db_status;
         }
-        match self.change_committed(id, db_status, stored.row.updated_at) {
+        let ack = stored
+            .row
+            .allergy_ack_at
+            .map(|at| (stored.row.allergy_ack_by, at));
+        match self.change_committed(id, db_status, stored.row.updated_at, ack) {
             Some(applied) => Settled::StatusChanged(applied),
             None => Settled::Unchanged,
         }
@@ -364,6 +393,7 @@ mod tests {
             deleted_at: None,
             created_at: now,
             updated_at: now,
+            allergens: Vec::new(),
         };
         let table = |label: &str, token: &str, active: bool| RestaurantTable {
             id: Uuid::new_v4(),
@@ -391,6 +421,7 @@ mod tests {
                     created_at: now,
                 }],
                 vec![pizza, soup],
+                Default::default(),
                 vec![t1, t2],
             ),
         }
@@ -401,6 +432,7 @@ mod tests {
             menu_item_id: item,
             quantity,
             note: None,
+            options: None,
         }
     }
 
@@ -412,6 +444,7 @@ mod tests {
             idempotency_key: key,
             lines,
             note: None,
+            allergies: None,
         }
     }
 
@@ -523,7 +556,13 @@ mod tests {
         let err = book()
             .prepare(&f.menu, &request(&f, "k", &lines), at(2026, 3, 1, 12))
             .expect_err("refused");
-        assert_eq!(err, EngineError::ItemUnavailable(vec![f.soup]));
+        assert_eq!(
+            err,
+            EngineError::ItemUnavailable {
+                items: vec![f.soup],
+                options: vec![]
+            }
+        );
     }
 
     #[test]
@@ -581,12 +620,12 @@ mod tests {
         let mut book = book();
         let id = placed(&mut book, &f, "k");
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Accepted, None),
+            book.begin_change(id, OrderStatus::Accepted, None, false),
             Some(Ok(_))
         ));
         // The second tap is checked against the projected status (accepted), not the stored one.
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted, None)
+            book.begin_change(id, OrderStatus::Accepted, None, false)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::InvalidTransition {
@@ -595,12 +634,12 @@ mod tests {
             }
         );
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Preparing, None),
+            book.begin_change(id, OrderStatus::Preparing, None, false),
             Some(Ok(_))
         ));
         let t = at(2026, 3, 1, 12);
         let applied = book
-            .change_committed(id, OrderStatus::Accepted, t)
+            .change_committed(id, OrderStatus::Accepted, t, None)
             .expect("in the book");
         assert_eq!(applied.order.status, OrderStatus::Accepted);
         assert_eq!(applied.table, f.table);
@@ -619,17 +658,17 @@ mod tests {
         let f = fixture();
         let mut book = book();
         let id = placed(&mut book, &f, "k");
-        book.begin_change(id, OrderStatus::Accepted, None)
+        book.begin_change(id, OrderStatus::Accepted, None, false)
             .expect("in the book")
             .expect("accepted");
         book.change_failed(id, false);
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Accepted, None),
+            book.begin_change(id, OrderStatus::Accepted, None, false),
             Some(Ok(_))
         ));
         book.change_failed(id, true);
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted, None)
+            book.begin_change(id, OrderStatus::Accepted, None, false)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::Unavailable
@@ -648,7 +687,7 @@ mod tests {
             OrderStatus::Accepted
         );
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Ready, None),
+            book.begin_change(id, OrderStatus::Ready, None, false),
             Some(Ok(_))
         ));
     }
@@ -659,18 +698,18 @@ mod tests {
         let mut book = book();
         let id = placed(&mut book, &f, "k");
         assert!(matches!(
-            book.begin_change(id, OrderStatus::Accepted, Some("tap-1")),
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"), false),
             Some(Ok(_))
         ));
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"))
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"), false)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::Unavailable
         );
         // Another tap repeating the projected status is still a conflict.
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted, Some("tap-2"))
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-2"), false)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::InvalidTransition {
@@ -679,11 +718,11 @@ mod tests {
             }
         );
         book.change_answered(id, Some("tap-1"));
-        book.change_committed(id, OrderStatus::Accepted, at(2026, 3, 1, 12))
+        book.change_committed(id, OrderStatus::Accepted, at(2026, 3, 1, 12), None)
             .expect("in the book");
         // Answered: the same id is no longer in flight (a later retry is recognised from the history).
         assert_eq!(
-            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"))
+            book.begin_change(id, OrderStatus::Accepted, Some("tap-1"), false)
                 .expect("in the book")
                 .expect_err("refused"),
             EngineError::InvalidTransition {
@@ -698,15 +737,17 @@ mod tests {
         let f = fixture();
         let mut book = book();
         let id = placed(&mut book, &f, "k");
-        book.begin_change(id, OrderStatus::Cancelled, None)
+        book.begin_change(id, OrderStatus::Cancelled, None, false)
             .expect("in the book")
             .expect("accepted");
-        book.change_committed(id, OrderStatus::Cancelled, at(2026, 3, 1, 12))
+        book.change_committed(id, OrderStatus::Cancelled, at(2026, 3, 1, 12), None)
             .expect("accepted");
         assert!(book.is_empty());
-        assert!(book.begin_change(id, OrderStatus::Accepted, None).is_none());
         assert!(book
-            .change_committed(id, OrderStatus::Served, at(2026, 3, 1, 12))
+            .begin_change(id, OrderStatus::Accepted, None, false)
+            .is_none());
+        assert!(book
+            .change_committed(id, OrderStatus::Served, at(2026, 3, 1, 12), None)
             .is_none());
     }
 

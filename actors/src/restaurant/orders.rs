@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use scan2order_schema::domain::{OrderId, OrderStatus, Phone, StaffId, TableId};
 use scan2order_schema::models::{NewOutbox, OrderRow, StoredOrder};
 use scan2order_schema::wire::{self, PlaceOrderLine, ServerMsg};
@@ -77,6 +77,7 @@ impl RestaurantActor {
             ticket_no: order.ticket_no,
             status: order.status,
             updated_at: order.updated_at,
+            allergy_ack: order.allergy_ack.clone(),
         });
     }
 
@@ -110,6 +111,8 @@ pub struct PlaceOrder {
     pub idempotency_key: String,
     pub lines: Vec<PlaceOrderLine>,
     pub note: Option<String>,
+    /// The table's declared allergies, as sent (checked by the order book).
+    pub allergies: Option<Vec<String>>,
     /// Set when the guest was authenticated from the session cache: the writer confirms the session
     /// in the order's own transaction.
     pub session: Option<SessionCheck>,
@@ -157,6 +160,7 @@ impl Handler<PlaceOrder> for RestaurantActor {
             idempotency_key: &key,
             lines: &msg.lines,
             note: msg.note.as_deref(),
+            allergies: msg.allergies.as_deref(),
         };
         let stored = match self.orders.prepare(&self.menu, &request, now) {
             Ok(s) => s,
@@ -258,6 +262,9 @@ pub struct ChangeStatus {
     pub session: Option<SessionCheck>,
     /// The request this change answers, stored with it: a retry of an applied one is answered as done.
     pub request_id: Option<String>,
+    /// The staff member read the order's declared allergies (required to move such an order out of
+    /// `placed`, except to cancel it).
+    pub allergy_ack: bool,
 }
 
 impl Handler<ChangeStatus> for RestaurantActor {
@@ -269,54 +276,62 @@ impl Handler<ChangeStatus> for RestaurantActor {
         let to = msg.status;
         let by = msg.by.map(StaffId::get);
         let request = msg.request_id;
-        let row = match self.orders.begin_change(id, to, request.as_deref()) {
-            Some(Ok(row)) => row.clone(),
-            Some(Err(refused @ EngineError::InvalidTransition { .. })) => {
-                let pool = self.pool.clone();
-                return Box::pin(actix::fut::wrap_future(refused_unless_applied(
-                    pool, id, to, by, request, refused, None,
-                )));
-            }
-            Some(Err(e)) => return Box::pin(actix::fut::ready(Err(e))),
-            None => {
-                // Not live: finished (the move is invalid, unless it is a retry of the one that
-                // finished it) or not this restaurant's at all.
-                let pool = self.pool.clone();
-                let rid = self.id.get();
-                return Box::pin(actix::fut::wrap_future(async move {
-                    let found = {
-                        let mut conn = pool.get().await.map_err(|_| EngineError::Unavailable)?;
-                        StoredOrder::find(&mut conn, id)
-                            .await
-                            .map_err(|_| EngineError::Unavailable)?
-                    };
-                    match found {
-                        Some(o) if o.row.restaurant_id == rid => {
-                            let refused = EngineError::InvalidTransition {
-                                from: stored_status(&o.row),
-                                to,
-                            };
-                            refused_unless_applied(pool, id, to, by, request, refused, Some(o))
+        let (row, records_ack) =
+            match self
+                .orders
+                .begin_change(id, to, request.as_deref(), msg.allergy_ack)
+            {
+                Some(Ok((row, records_ack))) => (row.clone(), records_ack),
+                Some(Err(refused @ EngineError::InvalidTransition { .. })) => {
+                    let pool = self.pool.clone();
+                    return Box::pin(actix::fut::wrap_future(refused_unless_applied(
+                        pool, id, to, by, request, refused, None,
+                    )));
+                }
+                Some(Err(e)) => return Box::pin(actix::fut::ready(Err(e))),
+                None => {
+                    // Not live: finished (the move is invalid, unless it is a retry of the one that
+                    // finished it) or not this restaurant's at all.
+                    let pool = self.pool.clone();
+                    let rid = self.id.get();
+                    return Box::pin(actix::fut::wrap_future(async move {
+                        let found = {
+                            let mut conn =
+                                pool.get().await.map_err(|_| EngineError::Unavailable)?;
+                            StoredOrder::find(&mut conn, id)
                                 .await
+                                .map_err(|_| EngineError::Unavailable)?
+                        };
+                        match found {
+                            Some(o) if o.row.restaurant_id == rid => {
+                                let refused = EngineError::InvalidTransition {
+                                    from: stored_status(&o.row),
+                                    to,
+                                };
+                                refused_unless_applied(pool, id, to, by, request, refused, Some(o))
+                                    .await
+                            }
+                            _ => Err(EngineError::NotFound(Missing::Order)),
                         }
-                        _ => Err(EngineError::NotFound(Missing::Order)),
-                    }
-                }));
-            }
-        };
+                    }));
+                }
+            };
         let kind = match to {
             OrderStatus::Ready => Some(MessageKind::OrderReady),
             OrderStatus::Cancelled => Some(MessageKind::OrderCancelled),
             _ => None,
         };
         let outbox = kind.map(|k| self.outbox_for(&row, k));
-        let at = Utc::now();
+        // Postgres keeps microseconds: memory keeps the same instant, so an answer from memory and a
+        // later read of the row agree (the allergy acknowledgement's time is shown to the table).
+        let at = Utc::now().trunc_subsecs(6);
         let op = WriteOp::SetStatus {
             order_id: id,
             status: to,
             at,
             by,
             request_id: request.clone(),
+            allergy_ack: records_ack,
             outbox,
             session: msg.session,
         };
@@ -342,7 +357,7 @@ impl Handler<ChangeStatus> for RestaurantActor {
                     }
                     let applied = act
                         .orders
-                        .change_committed(id, to, at)
+                        .change_committed(id, to, at, records_ack.then_some((by, at)))
                         .ok_or(EngineError::NotFound(Missing::Order))?;
                     let order = applied.order.clone();
                     metrics::counter!("s2o_status_changes_total", "status" => to.as_str())

@@ -129,6 +129,7 @@ impl ShardSupervisor {
             Command::PlaceOrder(m) => here!(m),
             Command::ChangeStatus(m) => here!(m),
             Command::SetAvailability(m) => here!(m),
+            Command::SetOptionAvailability(m) => here!(m),
             Command::SetAccepting(m) => here!(m),
             Command::GetTableMenu(m) => here!(m),
             Command::GetKitchenInfo(m) => here!(m),

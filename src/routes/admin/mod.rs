@@ -1,7 +1,10 @@
 //! Admin calls (role `admin`): restaurants, categories, menu items, tables with QR codes and token
 //! rotation, and chefs. Changes to an existing restaurant are applied by its own actor, which tells open
 //! sockets (`menu`, `restaurant`) and closes the sockets of a table whose token died. A chef calling any of
-//! these gets 403; an id of another restaurant is 404.
+//! these gets 403; an id of another restaurant is 404. A dish's option groups and options are in
+//! [`options`].
+
+mod options;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
@@ -12,7 +15,7 @@ use scan2order_actors::admin::{
     AdminChange, AdminError, AdminOutcome, ItemFields, RestaurantPatch,
 };
 use scan2order_actors::restaurant::ApplyAdminChange;
-use scan2order_schema::domain::{is_clean_text, RestaurantId, StaffId};
+use scan2order_schema::domain::{allergen_codes, is_clean_text, RestaurantId, StaffId, ALLERGENS};
 use scan2order_schema::models::{
     MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffSession, StaffUserRow,
     DEFAULT_TICKET_LATE_AFTER_S, DEFAULT_TICKET_WARN_AFTER_S,
@@ -71,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .patch(update_item)
                     .delete(delete_item),
             )
+            .configure(|cfg| options::configure(cfg, r))
             .service(
                 resource(format!("{r}/tables"))
                     .post(create_table)
@@ -217,6 +221,17 @@ fn tags(values: Vec<String>) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
+/// Allergen codes, each one of the 14 the law names; repeats dropped.
+fn allergens(values: Vec<String>) -> ApiResult<Vec<String>> {
+    allergen_codes(&values).map_err(|bad| {
+        let at = values.iter().position(|v| *v == bad).unwrap_or(0);
+        ApiError::invalid(format!(
+            "allergens[{at}]: not an allergen code; one of {}",
+            ALLERGENS.join(", ")
+        ))
+    })
+}
+
 fn threshold(field: &str, value: i32) -> ApiResult<i32> {
     if (30..=86_400).contains(&value) {
         Ok(value)
@@ -332,10 +347,13 @@ struct ItemOut {
     available: bool,
     tags: Vec<String>,
     position: i32,
+    allergens: Vec<String>,
+    option_groups: Vec<options::GroupOut>,
 }
 
-impl From<MenuItem> for ItemOut {
-    fn from(i: MenuItem) -> Self {
+impl ItemOut {
+    /// The dish with its option groups (each with its options).
+    fn with_groups(i: MenuItem, option_groups: Vec<options::GroupOut>) -> Self {
         ItemOut {
             id: i.id,
             category_id: i.category_id,
@@ -345,6 +363,8 @@ impl From<MenuItem> for ItemOut {
             available: i.available,
             tags: i.tags,
             position: i.position,
+            allergens: i.allergens,
+            option_groups,
         }
     }
 }
@@ -641,6 +661,7 @@ pub struct ItemBody {
     available: Option<bool>,
     tags: Option<Vec<String>>,
     position: Option<i32>,
+    allergens: Option<Vec<String>>,
 }
 
 impl ItemBody {
@@ -657,6 +678,7 @@ impl ItemBody {
             available: self.available,
             tags: self.tags.map(tags).transpose()?,
             position: self.position.map(|p| position("position", p)).transpose()?,
+            allergens: self.allergens.map(allergens).transpose()?,
         })
     }
 }
@@ -677,7 +699,9 @@ async fn create_item(
         return Err(ApiError::invalid("price_cents: required"));
     }
     match change(&ctx, *rid, AdminChange::CreateItem(fields)).await? {
-        AdminOutcome::Item(i) => Ok(HttpResponse::Created().json(ItemOut::from(i))),
+        AdminOutcome::Item(i) => {
+            Ok(HttpResponse::Created().json(ItemOut::with_groups(i, Vec::new())))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -685,10 +709,14 @@ async fn create_item(
 async fn list_items(ctx: web::Data<AppContext>, rid: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     restaurant_row(&ctx, *rid).await?;
     let mut conn = ctx.pool.get().await?;
+    let mut groups = options::restaurant_groups(&mut conn, *rid).await?;
     let items: Vec<ItemOut> = MenuItem::for_restaurant(&mut conn, *rid)
         .await?
         .into_iter()
-        .map(Into::into)
+        .map(|i| {
+            let mine = groups.remove(&i.id).unwrap_or_default();
+            ItemOut::with_groups(i, mine)
+        })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
@@ -708,7 +736,8 @@ async fn get_item(
         .await
         .optional()?
         .ok_or_else(ApiError::not_found)?;
-    Ok(HttpResponse::Ok().json(ItemOut::from(item)))
+    let groups = options::item_groups(&mut conn, rid, iid).await?;
+    Ok(HttpResponse::Ok().json(ItemOut::with_groups(item, groups)))
 }
 
 async fn update_item(
@@ -719,7 +748,11 @@ async fn update_item(
     let (rid, iid) = path.into_inner();
     let fields = body.into_inner().validate()?;
     match change(&ctx, rid, AdminChange::UpdateItem { id: iid, fields }).await? {
-        AdminOutcome::Item(i) => Ok(HttpResponse::Ok().json(ItemOut::from(i))),
+        AdminOutcome::Item(i) => {
+            let mut conn = ctx.pool.get().await?;
+            let groups = options::item_groups(&mut conn, rid, iid).await?;
+            Ok(HttpResponse::Ok().json(ItemOut::with_groups(i, groups)))
+        }
         other => Err(unexpected(other)),
     }
 }

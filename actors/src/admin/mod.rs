@@ -1,13 +1,17 @@
 //! Admin changes to an existing restaurant: its fields, menu categories and items, and tables. They are
 //! applied by the restaurant's own actor ([`crate::restaurant::RestaurantActor`] handles [`AdminChange`]),
 //! so nothing writes a restaurant's rows behind its back: the actor writes, reloads what changed, tells its
-//! sockets (`menu`, `restaurant`) and closes the sockets of tables whose token died.
+//! sockets (`menu`, `restaurant`) and closes the sockets of tables whose token died. A dish's option
+//! groups and options are changed in [`options`].
+
+pub mod options;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scan2order_schema::leases::{self, Fence};
 use scan2order_schema::models::{MenuCategory, MenuItem, Restaurant, RestaurantTable};
+use scan2order_schema::options::{MenuOption, OptionGroup};
 use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, restaurants};
 use scan2order_schema::tokens::new_table_token;
 use scan2order_schema::DbConn;
@@ -33,6 +37,8 @@ pub struct ItemFields {
     pub available: Option<bool>,
     pub tags: Option<Vec<String>>,
     pub position: Option<i32>,
+    /// Allergen codes, already checked.
+    pub allergens: Option<Vec<String>>,
 }
 
 /// One admin change, already validated field by field by the HTTP layer.
@@ -73,6 +79,8 @@ pub enum AdminChange {
     RotateToken {
         id: Uuid,
     },
+    /// A change to a dish's option groups or options.
+    Options(options::OptionChange),
 }
 
 /// What an admin change produced.
@@ -82,6 +90,8 @@ pub enum AdminOutcome {
     Category(MenuCategory),
     Item(MenuItem),
     Table(RestaurantTable),
+    Group(OptionGroup),
+    Option(MenuOption),
     Deleted,
 }
 
@@ -143,7 +153,7 @@ impl From<diesel::result::Error> for AdminError {
     }
 }
 
-async fn bump_version(
+pub(crate) async fn bump_version(
     conn: &mut DbConn,
     restaurant: Uuid,
     now: DateTime<Utc>,
@@ -173,7 +183,11 @@ async fn category_of(
         .ok_or(AdminError::NotFound)
 }
 
-async fn item_of(conn: &mut DbConn, restaurant: Uuid, id: Uuid) -> Result<MenuItem, AdminError> {
+pub(crate) async fn item_of(
+    conn: &mut DbConn,
+    restaurant: Uuid,
+    id: Uuid,
+) -> Result<MenuItem, AdminError> {
     menu_items::table
         .filter(menu_items::id.eq(id))
         .filter(menu_items::restaurant_id.eq(restaurant))
@@ -363,6 +377,7 @@ async fn apply_in(
                 available: f.available.unwrap_or(true),
                 position,
                 tags: f.tags.unwrap_or_default(),
+                allergens: f.allergens.unwrap_or_default(),
                 deleted_at: None,
                 created_at: now,
                 updated_at: now,
@@ -400,6 +415,9 @@ async fn apply_in(
             if let Some(v) = f.tags {
                 item.tags = v;
             }
+            if let Some(v) = f.allergens {
+                item.allergens = v;
+            }
             if let Some(v) = f.position {
                 item.position = v;
             }
@@ -412,6 +430,7 @@ async fn apply_in(
                     menu_items::price_cents.eq(item.price_cents),
                     menu_items::available.eq(item.available),
                     menu_items::tags.eq(&item.tags),
+                    menu_items::allergens.eq(&item.allergens),
                     menu_items::position.eq(item.position),
                     menu_items::updated_at.eq(now),
                 ))
@@ -478,6 +497,7 @@ async fn apply_in(
                 .await?;
             Ok(AdminOutcome::Deleted)
         }
+        AdminChange::Options(change) => options::apply_in(conn, rid, change, now).await,
         AdminChange::RotateToken { id } => {
             let mut table = table_of(conn, rid, id).await?;
             table.token = new_table_token();
