@@ -1,4 +1,5 @@
-//! `seed-demo`: two restaurants with realistic menus, ten tables each, a chef per restaurant and an admin.
+//! `seed-demo`: two restaurants with realistic menus (allergens declared, choices on some dishes: sizes,
+//! extras, a steak's doneness, oat milk), ten tables each, a chef per restaurant and an admin.
 //! Idempotent: what exists is left alone, and the same lines are printed every time.
 
 use chrono::Utc;
@@ -7,7 +8,10 @@ use diesel_async::RunQueryDsl;
 use scan2order_schema::models::{
     MenuCategory, MenuItem, Restaurant, RestaurantTable, StaffUserRow,
 };
-use scan2order_schema::schema::{menu_categories, menu_items, restaurant_tables, staff_users};
+use scan2order_schema::options::{MenuOption, OptionGroup};
+use scan2order_schema::schema::{
+    menu_categories, menu_items, menu_options, option_groups, restaurant_tables, staff_users,
+};
 use scan2order_schema::{DbConn, DbPool};
 use uuid::Uuid;
 
@@ -50,6 +54,93 @@ const fn item(
         tags,
     }
 }
+
+/// The allergens each demo dish declares (the law's codes), by dish name.
+const DEMO_ALLERGENS: &[(&str, &[&str])] = &[
+    ("Bruschetta al pomodoro", &["gluten"]),
+    ("Burrata", &["milk", "nuts"]),
+    ("Arancini", &["gluten", "eggs", "milk"]),
+    ("Spaghetti carbonara", &["gluten", "eggs", "milk"]),
+    ("Cacio e pepe", &["gluten", "milk"]),
+    ("Pappardelle al ragù", &["gluten", "eggs", "celery"]),
+    ("Penne arrabbiata", &["gluten"]),
+    ("Margherita", &["gluten", "milk"]),
+    ("Diavola", &["gluten", "milk"]),
+    ("Quattro formaggi", &["gluten", "milk"]),
+    ("Tiramisù", &["gluten", "eggs", "milk"]),
+    ("Panna cotta", &["milk"]),
+    ("Chianti Classico (glass)", &["sulphites"]),
+    ("Salt & pepper squid", &["gluten", "eggs", "molluscs"]),
+    ("Smoked mackerel pâté", &["gluten", "fish", "milk"]),
+    ("Soup of the day", &["gluten", "milk", "celery"]),
+    ("Fish & chips", &["gluten", "eggs", "fish"]),
+    ("Grilled sea bass", &["fish", "milk"]),
+    ("Fish pie", &["crustaceans", "fish", "milk"]),
+    ("Halloumi burger", &["gluten", "eggs", "milk", "sesame"]),
+    ("Garden salad", &["mustard"]),
+    ("Sticky toffee pudding", &["gluten", "eggs", "milk"]),
+    ("Eton mess", &["eggs", "milk"]),
+    ("Local pale ale (pint)", &["gluten"]),
+];
+
+/// An option of a demo choice: name, price delta, allergens.
+type DemoOption = (&'static str, i64, &'static [&'static str]);
+
+const PIZZA_SIZES: &[DemoOption] = &[("Regular", 0, &[]), ("Large", 400, &[])];
+const PIZZA_EXTRAS: &[DemoOption] = &[
+    ("Buffalo mozzarella", 250, &["milk"]),
+    ("Olives", 100, &[]),
+    ("Anchovies", 150, &["fish"]),
+    ("Rocket", 80, &[]),
+];
+
+/// The demo dishes' choices: dish, group, min, max, options.
+const DEMO_CHOICES: &[(&str, &str, i32, i32, &[DemoOption])] = &[
+    ("Margherita", "Size", 1, 1, PIZZA_SIZES),
+    ("Margherita", "Extras", 0, 3, PIZZA_EXTRAS),
+    ("Diavola", "Size", 1, 1, PIZZA_SIZES),
+    ("Diavola", "Extras", 0, 3, PIZZA_EXTRAS),
+    (
+        "Espresso",
+        "Milk",
+        0,
+        1,
+        &[
+            ("A dash of milk", 0, &["milk"]),
+            ("Oat milk", 40, &["gluten"]),
+        ],
+    ),
+    (
+        "Rib-eye steak 10oz",
+        "Doneness",
+        1,
+        1,
+        &[
+            ("Rare", 0, &[]),
+            ("Medium rare", 0, &[]),
+            ("Medium", 0, &[]),
+            ("Well done", 0, &[]),
+        ],
+    ),
+    (
+        "Rib-eye steak 10oz",
+        "Sauce",
+        1,
+        1,
+        &[
+            ("Peppercorn", 0, &["milk"]),
+            ("Béarnaise", 150, &["eggs", "milk"]),
+            ("No sauce", 0, &[]),
+        ],
+    ),
+    (
+        "Fish & chips",
+        "Portion",
+        1,
+        1,
+        &[("Regular", 0, &[]), ("Small", -300, &[])],
+    ),
+];
 
 const DEMO: &[DemoRestaurant] = &[
     DemoRestaurant {
@@ -351,13 +442,18 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
                 deleted_at: None,
                 created_at: now,
                 updated_at: now,
-                allergens: Vec::new(),
+                allergens: DEMO_ALLERGENS
+                    .iter()
+                    .find(|(dish, _)| *dish == it.name)
+                    .map(|(_, codes)| codes.iter().map(|c| (*c).to_string()).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         diesel::insert_into(menu_items::table)
-            .values(rows)
+            .values(&rows)
             .execute(conn)
             .await?;
+        insert_choices(conn, id, &rows).await?;
     }
     let tables: Vec<RestaurantTable> = (1..=DEMO_TABLES)
         .map(|n| RestaurantTable {
@@ -376,6 +472,54 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
         .execute(conn)
         .await?;
     Ok(id)
+}
+
+/// The demo choices of these dishes.
+async fn insert_choices(conn: &mut DbConn, rid: Uuid, dishes: &[MenuItem]) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let (mut groups, mut options) = (Vec::new(), Vec::new());
+    for dish in dishes {
+        let choices = DEMO_CHOICES.iter().filter(|c| c.0 == dish.name);
+        for (gi, (_, name, min, max, opts)) in choices.enumerate() {
+            let group = Uuid::new_v4();
+            groups.push(OptionGroup {
+                id: group,
+                restaurant_id: rid,
+                menu_item_id: dish.id,
+                name: (*name).into(),
+                min_choices: *min,
+                max_choices: *max,
+                position: gi as i32,
+                created_at: now,
+            });
+            for (oi, (name, delta, allergens)) in opts.iter().enumerate() {
+                options.push(MenuOption {
+                    id: Uuid::new_v4(),
+                    restaurant_id: rid,
+                    group_id: group,
+                    name: (*name).into(),
+                    price_delta_cents: *delta,
+                    available: true,
+                    allergens: allergens.iter().map(|a| (*a).to_string()).collect(),
+                    position: oi as i32,
+                    created_at: now,
+                    updated_at: now,
+                });
+            }
+        }
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    diesel::insert_into(option_groups::table)
+        .values(&groups)
+        .execute(conn)
+        .await?;
+    diesel::insert_into(menu_options::table)
+        .values(&options)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Seeds what is missing and returns the lines to print.
@@ -426,4 +570,41 @@ pub async fn seed_if_empty(
         return Ok(None);
     }
     Ok(Some(seed_demo(pool, public_base_url).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scan2order_schema::domain::ALLERGENS;
+
+    fn dish_exists(name: &str) -> bool {
+        DEMO.iter()
+            .flat_map(|r| r.menu.iter())
+            .flat_map(|(_, items)| items.iter())
+            .any(|i| i.name == name)
+    }
+
+    #[test]
+    fn demo_allergens_and_choices_name_real_dishes_and_codes_and_can_be_chosen() {
+        for (dish, codes) in DEMO_ALLERGENS {
+            assert!(dish_exists(dish), "{dish} is not a demo dish");
+            assert!(
+                codes.iter().all(|c| ALLERGENS.contains(c)),
+                "{dish}: {codes:?}"
+            );
+        }
+        for (dish, group, min, max, options) in DEMO_CHOICES {
+            assert!(dish_exists(dish), "{dish} is not a demo dish");
+            assert!(
+                0 <= *min && min <= max && *max as usize <= options.len(),
+                "{dish} / {group}"
+            );
+            for (name, _, codes) in options.iter() {
+                assert!(
+                    codes.iter().all(|c| ALLERGENS.contains(c)),
+                    "{name}: {codes:?}"
+                );
+            }
+        }
+    }
 }

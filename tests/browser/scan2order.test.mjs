@@ -332,7 +332,8 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
   flow('3. the kitchen display survives a server restart: banner while down, then every ticket exactly once', async () => {
     const table = env.server.table('trattoria-roma', 'T3');
     const data = await api.table(table.token);
-    const items = menuItems(data).filter((i) => i.available);
+    // Dishes with a required choice need options; these orders are about the restart, not choices.
+    const items = menuItems(data).filter((i) => i.available && !(i.option_groups || []).some((g) => g.min > 0));
     const chef = env.server.login('chef', 'trattoria-roma');
     const customer = await api.customer(uniquePhone());
     const order = (i) => api.placeOrder(customer, table.token, [{ menu_item_id: items[i % items.length].id, quantity: 1 + (i % 3) }]);
@@ -615,5 +616,110 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
 
     // Cleared for a rerun against the same database: the dish leaves the menu.
     await api.call('DELETE', `/api/v1/admin/restaurants/${rid}/menu-items/${dish.id}`, { token: adminToken });
+  });
+
+  flow('6. a guest picks a size and an extra, declares an allergy and cannot add a dish with it; the chef reads the allergies before the ticket moves', async () => {
+    const table = env.server.table('trattoria-roma', 'T7');
+    const data = await api.table(table.token);
+    const currency = data.restaurant.currency;
+    const items = menuItems(data);
+    const pizza = items.find((i) => i.name === 'Margherita');
+    const eggy = items.find((i) => (i.allergens || []).includes('eggs'));
+    assert.ok(pizza && eggy, 'the demo menu has a Margherita with choices and a dish with eggs');
+    const size = pizza.option_groups.find((g) => g.name === 'Size');
+    const extras = pizza.option_groups.find((g) => g.name === 'Extras');
+    const large = size.options.find((o) => o.name === 'Large');
+    const olives = extras.options.find((o) => o.name === 'Olives');
+
+    const kitchen = await env.newPage('tablet', 'kitchen-allergies');
+    await signInKitchen(kitchen, env.server.login('chef', 'trattoria-roma'));
+    const guest = await env.newPage('phone', 'guest-choices');
+    await guest.goto(table.url);
+    await waitText(guest.getByTestId('restaurant-name'), data.restaurant.name);
+
+    // Allergen badges on every dish that declares some.
+    const eggCard = menuCard(guest, eggy.id);
+    await eggCard.locator('[data-testid="allergen-badge"][data-allergen="eggs"]').waitFor();
+
+    // The dish sheet: a missing required choice is named; the price follows the choice.
+    const pizzaCard = menuCard(guest, pizza.id);
+    await waitText(pizzaCard.getByTestId('add-to-cart'), 'Choose');
+    await pizzaCard.getByTestId('add-to-cart').click();
+    const sheet = guest.getByTestId('dish-sheet');
+    await sheet.waitFor({ state: 'visible' });
+    await waitText(sheet.getByTestId('dish-add'), `Add · ${money(pizza.price_cents, currency)}`);
+    await sheet.getByTestId('dish-add').click();
+    const sizeGroup = sheet.locator(`[data-testid="option-group"][data-group-id="${size.id}"]`);
+    await waitText(sizeGroup.getByTestId('option-group-error'), 'Choose a size.');
+    await env.screenshot(guest, 'guest-dish-sheet-missing-choice-phone');
+    await sheet.locator(`[data-testid="dish-option"][data-option-id="${large.id}"]`).click();
+    await waitText(sheet.getByTestId('dish-add'), `Add · ${money(pizza.price_cents + large.price_delta_cents, currency)}`);
+    await sheet.locator(`[data-testid="dish-option"][data-option-id="${olives.id}"]`).click();
+    const unit = pizza.price_cents + large.price_delta_cents + olives.price_delta_cents;
+    await waitText(sheet.getByTestId('dish-add'), `Add · ${money(unit, currency)}`);
+    await assertNoHorizontalOverflow(guest, 'guest dish sheet (phone)');
+    await env.screenshot(guest, 'guest-dish-sheet-phone');
+    await sheet.getByTestId('dish-add').click();
+    await sheet.waitFor({ state: 'detached' });
+    await waitText(guest.getByTestId('cart-count'), '1');
+
+    // "I have allergies": eggs. The dish with eggs is marked and cannot be added.
+    await guest.getByTestId('allergies-button').click();
+    const allergySheet = guest.getByTestId('allergy-sheet');
+    await allergySheet.locator('[data-testid="allergy-choice"][data-allergen="eggs"]').click();
+    await env.screenshot(guest, 'guest-allergies-phone');
+    await allergySheet.getByTestId('allergy-save').click();
+    await waitText(guest.getByTestId('declared-allergies'), 'Allergies at this table: Eggs');
+    await waitText(eggCard.getByTestId('allergen-warning'), /Contains Eggs/);
+    assert.ok(await eggCard.getByTestId('add-to-cart').isDisabled(), 'a dish with a declared allergen cannot be added');
+    await eggCard.scrollIntoViewIfNeeded();
+    await env.screenshot(guest, 'guest-allergen-blocked-phone');
+
+    // The cart line shows its options and the server's price.
+    await guest.getByTestId('cart-bar').click();
+    const line = guest.locator(`[data-testid="cart-line"][data-item-id="${pizza.id}"]`);
+    await waitText(line.getByTestId('cart-line-options'), 'Large, Olives');
+    await waitText(guest.getByTestId('cart-total'), money(unit, currency));
+    await env.screenshot(guest, 'guest-cart-options-phone');
+
+    const phone = uniquePhone();
+    await guest.getByTestId('checkout-button').click();
+    await guest.getByTestId('phone-input').fill(phone);
+    const sentBefore = env.whatsapp.messages.length;
+    await guest.getByTestId('send-code').click();
+    const code = await env.whatsapp.codeFor(phone, sentBefore);
+    const orderAnswer = guest.waitForResponse((r) => r.url() === `${env.baseUrl}/api/v1/orders` && r.request().method() === 'POST');
+    await guest.getByTestId('code-input').fill(code);
+    await guest.getByTestId('verify-code').click();
+    const answer = await orderAnswer;
+    assert.equal(answer.status(), 201);
+    const order = await answer.json();
+    assert.deepEqual(order.allergies, ['eggs']);
+    assert.equal(order.total_cents, unit);
+    assert.deepEqual(order.items[0].options.map((o) => [o.group_name, o.name]), [['Size', 'Large'], ['Extras', 'Olives']]);
+    const guestCard = guest.locator(`[data-testid="order-card"][data-order-id="${order.id}"]`).first();
+    await waitText(guestCard.getByTestId('allergy-ack'), 'waiting for the kitchen to read them');
+
+    // The chef sees the options and the banner, and cannot move the ticket before "Allergies read".
+    const ticket = ticketOf(kitchen, order.id);
+    await ticket.waitFor();
+    assert.deepEqual(await ticket.getByTestId('ticket-item-option').allTextContents(), ['Large', 'Olives']);
+    await waitText(ticket.getByTestId('allergy-banner'), /ALLERGIES: Eggs/);
+    assert.equal(await ticket.getByTestId('ticket-advance').count(), 0, 'no way to advance before the allergies are read');
+    await ticket.scrollIntoViewIfNeeded();
+    await env.screenshot(kitchen, 'kitchen-allergy-banner-tablet');
+    await ticket.getByTestId('allergy-read').click();
+    const advance = ticket.getByTestId('ticket-advance');
+    await waitText(advance, 'Accept');
+    await advance.click();
+    await kitchen.locator(`[data-testid="ticket"][data-order-id="${order.id}"][data-status="accepted"]`).waitFor();
+    await ticketOf(kitchen, order.id).getByTestId('allergy-banner-ack').waitFor();
+    await env.screenshot(kitchen, 'kitchen-allergies-read-tablet');
+
+    // The guest sees the acknowledgement, live.
+    await waitText(guestCard.getByTestId('allergy-ack'), /^read by the kitchen at /);
+    await env.screenshot(guest, 'guest-allergies-acknowledged-phone');
+    const stored = await api.call('GET', `/api/v1/orders/${order.id}`, { token: JSON.parse(await guest.evaluate(() => localStorage.getItem('s2o.customer'))).customer_token });
+    assert.ok(stored.allergy_ack && stored.allergy_ack.at, 'the acknowledgement is stored');
   });
 });

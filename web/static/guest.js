@@ -2,11 +2,17 @@
 //
 // Menu → cart (persisted per table) → phone verification (WhatsApp code, once
 // per device) → idempotent order submit → live status over /ws/table/{token}.
+// A dish's choices (the dish sheet), allergen badges and the table's declared
+// allergies are in menu-choices.js.
 
 import {
   h, byId, show, setChildren, preserveFocus, local, uuid, apiRequest, ApiError, errorMessage,
   withQuery, formatMoney, formatDateTime, LiveSocket, toast,
 } from '/static/common.js';
+import {
+  allergenBadges, allergenLabel, chosenOptions, conflicts, groupsOf, openAllergySheet, openDishSheet,
+  optionsProblem, unitPrice,
+} from '/static/menu-choices.js';
 
 const STATUS_LABELS = {
   placed: 'Received',
@@ -29,6 +35,7 @@ const PENDING_CODE_KEY = 's2o.pending_code';
 const tableToken = tokenFromPath(location.pathname);
 const CART_KEY = `s2o.cart.${tableToken}`;
 const PENDING_KEY = `s2o.pending.${tableToken}`;
+const ALLERGIES_KEY = `s2o.allergies.${tableToken}`;
 
 const state = {
   restaurant: null,
@@ -38,6 +45,7 @@ const state = {
   items: new Map(), // item id → item (from the menu)
   accepting: true,
   cart: loadCart(),
+  allergies: loadAllergies(), // allergen codes the table declared
   tableOrders: new Map(), // order id → order, the table's live orders
   myOrders: [], // the verified phone's orders, newest first
   myNextBefore: null,
@@ -210,15 +218,44 @@ function renderMenu() {
     setChildren(dom.menu, h('p', { class: 'empty-state', testid: 'menu-empty', text: 'There is nothing on the menu right now.' }));
     return;
   }
-  setChildren(dom.menu, categories.map((category, i) =>
+  setChildren(dom.menu, allergyBar(), categories.map((category, i) =>
     h('section', { class: 'menu-category', id: `cat-${i}`, testid: 'menu-category' },
       h('h2', { class: 'menu-category-title', text: category.name }),
       h('div', { class: 'menu-items' },
         (category.items || []).map((raw) => menuItemCard(state.items.get(String(raw.id))))))));
 }
 
+/** "I have allergies": what the table declared, and the button to change it. */
+function allergyBar() {
+  const declared = state.allergies;
+  return h('div', { class: 'allergy-bar', testid: 'allergy-bar' },
+    declared.length
+      ? h('p', { class: 'small', testid: 'declared-allergies', text: `Allergies at this table: ${declared.map(allergenLabel).join(', ')}` })
+      : h('p', { class: 'muted small', text: 'Allergies? Tell us and we mark the dishes to avoid.' }),
+    h('button', {
+      type: 'button', class: 'btn btn-secondary btn-small', testid: 'allergies-button',
+      text: declared.length ? 'Change allergies' : 'I have allergies',
+      on: { click: () => openAllergySheet({ declared, onSave: setAllergies }) },
+    }));
+}
+
+function loadAllergies() {
+  const saved = local.get(ALLERGIES_KEY);
+  return Array.isArray(saved) ? saved.filter((a) => typeof a === 'string').slice(0, 14) : [];
+}
+
+function setAllergies(codes) {
+  state.allergies = codes;
+  local.set(ALLERGIES_KEY, codes);
+  renderMenu();
+  renderCart();
+}
+
 function menuItemCard(item) {
+  const clash = conflicts(item, [], state.allergies);
   const soldOut = !item.available;
+  const blocked = soldOut || clash.length > 0;
+  const choices = groupsOf(item).length > 0;
   const inCart = quantityInCart(item.id);
   const tags = Array.isArray(item.tags) ? item.tags.filter((t) => typeof t === 'string' && t.trim()) : [];
   return h('article', { class: ['menu-item', soldOut && 'is-sold-out'], testid: 'menu-item', dataset: { itemId: item.id } },
@@ -226,7 +263,9 @@ function menuItemCard(item) {
       h('h3', { class: 'menu-item-name', testid: 'menu-item-name', text: item.name }),
       item.description ? h('p', { class: 'menu-item-desc', testid: 'menu-item-description', text: item.description }) : null,
       tags.length ? h('ul', { class: 'tags', 'aria-label': 'Dietary information' },
-        tags.map((tag) => h('li', { class: 'tag', testid: 'item-tag', text: tag }))) : null),
+        tags.map((tag) => h('li', { class: 'tag', testid: 'item-tag', text: tag }))) : null,
+      allergenBadges(item.allergens),
+      clash.length ? h('p', { class: 'line-warning', testid: 'allergen-warning', text: `Contains ${clash.map(allergenLabel).join(', ')}, which you declared.` }) : null),
     h('div', { class: 'menu-item-side' },
       h('span', { class: 'price', testid: 'menu-item-price', text: money(item.price_cents) }),
       soldOut ? h('span', { class: 'badge badge-soldout', testid: 'sold-out-badge', text: 'Sold out' }) : null,
@@ -234,11 +273,11 @@ function menuItemCard(item) {
         type: 'button',
         class: 'btn btn-primary btn-add',
         testid: 'add-to-cart',
-        disabled: soldOut,
-        'aria-label': soldOut ? `${item.name} is sold out` : `Add ${item.name} to cart`,
+        disabled: blocked,
+        'aria-label': soldOut ? `${item.name} is sold out` : clash.length ? `${item.name} contains an allergen you declared` : `Add ${item.name} to cart`,
         dataset: { focusKey: `add-${item.id}` },
-        on: { click: () => addToCart(item.id) },
-      }, 'Add'),
+        on: { click: () => (choices ? chooseOptions(item) : addToCart(item.id, [])) },
+      }, choices ? 'Choose' : 'Add'),
       inCart > 0 ? h('span', { class: 'in-cart', testid: 'item-in-cart', text: `${inCart} in cart` }) : null));
 }
 
@@ -249,6 +288,25 @@ function updateMenuItem(itemId) {
   const old = [...dom.menu.querySelectorAll('[data-testid="menu-item"]')].find((el) => el.dataset.itemId === item.id);
   if (!old) return;
   preserveFocus(old.parentElement, () => old.replaceWith(menuItemCard(item)));
+}
+
+function chooseOptions(item) {
+  if (!item.available || state.placing) return;
+  openDishSheet({ item, money, declared: state.allergies, onAdd: (optionIds) => addToCart(item.id, optionIds) });
+}
+
+function setOptionAvailable(optionId, available) {
+  for (const item of state.items.values()) {
+    for (const group of groupsOf(item)) {
+      for (const option of group.options || []) {
+        if (String(option.id) === String(optionId) && option.available !== available) {
+          option.available = available;
+          updateMenuItem(item.id);
+        }
+      }
+    }
+  }
+  renderCart();
 }
 
 function setItemAvailable(itemId, available) {
@@ -278,6 +336,7 @@ function loadCart() {
       item_id: String(l.item_id),
       quantity: clampQty(l.quantity),
       note: typeof l.note === 'string' ? l.note.slice(0, MAX_NOTE) : '',
+      options: Array.isArray(l.options) ? l.options.map(String).slice(0, 30) : [],
     }));
   return { lines, note: typeof saved.note === 'string' ? saved.note.slice(0, MAX_NOTE) : '' };
 }
@@ -295,17 +354,28 @@ function quantityInCart(itemId) {
   return state.cart.lines.reduce((sum, l) => (l.item_id === String(itemId) ? sum + l.quantity : sum), 0);
 }
 
-/** 'ok' | 'soldout' | 'missing' for a cart line. */
+/** 'ok' | 'soldout' | 'missing' | 'changed' | 'allergen' for a cart line. */
 function lineState(line) {
   const item = state.items.get(line.item_id);
   if (!item) return 'missing';
-  return item.available ? 'ok' : 'soldout';
+  if (!item.available) return 'soldout';
+  const problem = optionsProblem(item, line.options);
+  if (problem === 'missing') return 'changed';
+  if (problem === 'soldout') return 'soldout';
+  return conflicts(item, line.options, state.allergies).length ? 'allergen' : 'ok';
 }
+
+const LINE_WARNINGS = {
+  soldout: 'Sold out. Remove it to order.',
+  missing: 'No longer on the menu. Remove it to order.',
+  changed: 'Its choices changed on the menu. Remove it and add it again.',
+  allergen: 'Contains an allergen you declared. Remove it to order.',
+};
 
 function cartTotal() {
   return state.cart.lines.reduce((sum, line) => {
     const item = state.items.get(line.item_id);
-    return item && item.available ? sum + item.price_cents * line.quantity : sum;
+    return item && lineState(line) === 'ok' ? sum + unitPrice(item, line.options) * line.quantity : sum;
   }, 0);
 }
 
@@ -320,10 +390,12 @@ function cartChanged(itemIds = []) {
   for (const id of itemIds) updateMenuItem(id);
 }
 
-function addToCart(itemId) {
+function addToCart(itemId, optionIds) {
   const item = state.items.get(String(itemId));
   if (!item || !item.available || state.placing) return;
-  const line = [...state.cart.lines].reverse().find((l) => l.item_id === item.id && !l.note);
+  const options = chosenOptions(item, optionIds).map((c) => String(c.option.id));
+  const same = (l) => l.item_id === item.id && !l.note && (l.options || []).join() === options.join();
+  const line = [...state.cart.lines].reverse().find(same);
   if (line) {
     if (line.quantity >= MAX_QTY) {
       toast(`You can order at most ${MAX_QTY} of one dish per line.`, 'warn');
@@ -335,7 +407,7 @@ function addToCart(itemId) {
       toast(`An order can have at most ${MAX_LINES} lines.`, 'warn');
       return;
     }
-    state.cart.lines.push({ key: uuid(), item_id: item.id, quantity: 1, note: '' });
+    state.cart.lines.push({ key: uuid(), item_id: item.id, quantity: 1, note: '', options });
   }
   cartChanged([item.id]);
   toast(`Added ${item.name}`, 'ok', 1800);
@@ -357,6 +429,7 @@ function removeLine(key) {
 function cartProblem() {
   if (!state.cart.lines.length) return 'Your cart is empty.';
   if (!state.accepting) return 'The restaurant is not taking orders right now.';
+  if (state.cart.lines.some((l) => lineState(l) === 'allergen')) return 'Remove the dishes with your allergens from your cart first.';
   if (state.cart.lines.some((l) => lineState(l) !== 'ok')) return 'Remove the sold-out dishes from your cart first.';
   if (state.cart.lines.length > MAX_LINES) return `An order can have at most ${MAX_LINES} lines.`;
   return null;
@@ -419,14 +492,16 @@ function cartLine(line, locked) {
   const item = state.items.get(line.item_id);
   const status = lineState(line);
   const name = item ? item.name : 'Dish no longer on the menu';
+  const unit = item ? unitPrice(item, line.options) : 0;
+  const chosen = item ? chosenOptions(item, line.options) : [];
   return h('li', { class: ['cart-line', status !== 'ok' && 'is-unavailable'], testid: 'cart-line', dataset: { itemId: line.item_id } },
     h('div', { class: 'cart-line-head' },
       h('div', {},
         h('div', { class: 'cart-line-name', testid: 'cart-line-name', text: name }),
-        item ? h('div', { class: 'muted small', text: `${money(item.price_cents)} each` }) : null),
-      h('strong', { class: 'cart-line-total', testid: 'line-total', text: item ? money(item.price_cents * line.quantity) : '—' })),
-    status !== 'ok' ? h('p', { class: 'line-warning', testid: 'line-unavailable', role: 'status',
-      text: status === 'soldout' ? 'Sold out. Remove it to order.' : 'No longer on the menu. Remove it to order.' }) : null,
+        chosen.length ? h('div', { class: 'line-options', testid: 'cart-line-options', text: chosen.map((c) => c.option.name).join(', ') }) : null,
+        item ? h('div', { class: 'muted small', text: `${money(unit)} each` }) : null),
+      h('strong', { class: 'cart-line-total', testid: 'line-total', text: item ? money(unit * line.quantity) : '—' })),
+    status !== 'ok' ? h('p', { class: 'line-warning', testid: 'line-unavailable', role: 'status', text: LINE_WARNINGS[status] }) : null,
     h('div', { class: 'cart-line-controls' },
       h('div', { class: 'stepper', role: 'group', 'aria-label': `Quantity of ${name}` },
         h('button', {
@@ -506,9 +581,11 @@ function buildPayload() {
       const line = { menu_item_id: l.item_id, quantity: l.quantity };
       const note = l.note.trim();
       if (note) line.note = note;
+      if (l.options && l.options.length) line.options = l.options;
       return line;
     }),
   };
+  if (state.allergies.length) payload.allergies = state.allergies;
   const note = state.cart.note.trim();
   if (note) payload.note = note;
   return payload;
@@ -602,10 +679,27 @@ async function submitPending(pending) {
   if (error.code === 'item_unavailable') {
     const ids = Array.isArray(error.body.item_ids) ? error.body.item_ids.map(String) : [];
     for (const id of ids) setItemAvailable(id, false);
+    const optionIds = Array.isArray(error.body.option_ids) ? error.body.option_ids.map(String) : [];
+    for (const id of optionIds) setOptionAvailable(id, false);
+    if (!ids.length && optionIds.length) {
+      setCheckoutMessage('Sorry, a choice on one of your dishes just sold out. Remove that dish and add it again.', 'error');
+      return;
+    }
     const names = ids.map((id) => state.items.get(id)).filter(Boolean).map((i) => i.name);
     setCheckoutMessage(names.length
       ? `Sorry, ${names.join(', ')} just sold out. Remove ${names.length === 1 ? 'it' : 'them'} and try again.`
       : errorMessage(error), 'error');
+    return;
+  }
+  if (error.code === 'allergen_conflict') {
+    const names = (Array.isArray(error.body.item_ids) ? error.body.item_ids.map(String) : [])
+      .map((id) => state.items.get(id)).filter(Boolean).map((i) => i.name);
+    setCheckoutMessage(names.length ? `${names.join(', ')} contains an allergen you declared. Remove it to order.` : errorMessage(error), 'error');
+    return;
+  }
+  if (error.code === 'invalid_options') {
+    loadTable();
+    setCheckoutMessage('The choices on one of your dishes changed. Remove it and add it again.', 'error');
     return;
   }
   if (error.code === 'not_accepting_orders') setAccepting(false);
@@ -817,12 +911,13 @@ function isMine(orderId) {
   return (state.lastPlaced && String(state.lastPlaced.id) === id) || state.myOrders.some((o) => String(o.id) === id);
 }
 
-function applyStatus(orderId, status, updatedAt) {
+function applyStatus(orderId, status, updatedAt, allergyAck) {
   const id = String(orderId);
   const patch = (o) => {
     if (o && String(o.id) === id) {
       o.status = status;
       if (updatedAt) o.updated_at = updatedAt;
+      if (allergyAck) o.allergy_ack = allergyAck;
     }
   };
   patch(state.tableOrders.get(id));
@@ -866,7 +961,7 @@ async function refreshOrder(orderId) {
   try {
     const res = await apiRequest('GET', `/api/v1/orders/${encodeURIComponent(orderId)}`, { token: customer.customer_token });
     if (res.data) {
-      applyStatus(res.data.id, res.data.status, res.data.updated_at);
+      applyStatus(res.data.id, res.data.status, res.data.updated_at, res.data.allergy_ack);
       renderOrders();
     }
   } catch (err) {
@@ -890,9 +985,21 @@ function orderCard(order) {
       h('li', {},
         h('span', { class: 'qty', text: `${it.quantity} ×` }), ' ',
         h('span', { text: it.name }),
+        Array.isArray(it.options) && it.options.length ? h('span', { class: 'line-options', testid: 'order-line-options', text: it.options.map((o) => o.name).join(', ') }) : null,
         it.note ? h('span', { class: 'item-note', text: it.note }) : null))),
     order.note ? h('p', { class: 'order-note', text: `Note: ${order.note}` }) : null,
+    allergyLine(order),
     order.total_cents !== undefined ? h('p', { class: 'order-total' }, 'Total ', h('strong', { text: money(order.total_cents, order.currency) })) : null);
+}
+
+/** The table's declared allergies on an order, and whether the kitchen has read them. */
+function allergyLine(order) {
+  const declared = Array.isArray(order.allergies) ? order.allergies : [];
+  if (!declared.length) return null;
+  const ack = order.allergy_ack;
+  return h('p', { class: ['order-allergies', ack && 'is-acknowledged'], testid: 'order-allergies' },
+    `Allergies: ${declared.map(allergenLabel).join(', ')} — `,
+    h('span', { testid: 'allergy-ack', text: ack ? `read by the kitchen at ${formatDateTime(ack.at, { timeStyle: 'short' })}` : 'waiting for the kitchen to read them' }));
 }
 
 function renderOrders() {
@@ -954,7 +1061,7 @@ function handleMessage(msg) {
     case 'snapshot': {
       state.tableOrders = new Map();
       for (const order of msg.orders || []) upsertTableOrder(order);
-      for (const order of state.tableOrders.values()) applyStatus(order.id, order.status, order.updated_at);
+      for (const order of state.tableOrders.values()) applyStatus(order.id, order.status, order.updated_at, order.allergy_ack);
       // Availability and pause events are not in the snapshot: any that happened between loading the
       // menu and this subscription (the first one, or a reconnect) were missed, so check the menu
       // again. Its ETag follows every availability change, so the first check is a 304 when nothing
@@ -972,7 +1079,7 @@ function handleMessage(msg) {
       break;
     case 'order_status': {
       const mine = isMine(msg.order_id);
-      applyStatus(msg.order_id, msg.status, msg.updated_at);
+      applyStatus(msg.order_id, msg.status, msg.updated_at, msg.allergy_ack);
       renderOrders();
       if (mine && msg.status === 'ready') {
         toast(`Your order (ticket ${msg.ticket_no}) is ready!`, 'ok', 10000);
@@ -984,6 +1091,9 @@ function handleMessage(msg) {
     }
     case 'menu_item':
       setItemAvailable(msg.item_id, msg.available !== false);
+      break;
+    case 'menu_option':
+      setOptionAvailable(msg.option_id, msg.available !== false);
       break;
     case 'restaurant':
       setAccepting(msg.accepting_orders !== false);

@@ -6,11 +6,15 @@
 // The board is "in sync" only between a snapshot and the loss of its socket:
 // until then it says so loudly (with when it last was in sync) and never shows
 // the "no open tickets" state, which only a snapshot can prove.
+// A ticket with declared allergies carries a banner, and cannot move on from
+// "new" until a cook taps "Allergies read": the change then carries the
+// acknowledgement the server requires.
 
 import {
   h, byId, show, setChildren, local, uuid, ApiError, errorMessage, withQuery, formatMoney,
-  formatDuration, LiveSocket, toast, confirmDialog, StaffSession, wireLoginForm,
+  formatDuration, formatDateTime, LiveSocket, toast, confirmDialog, StaffSession, wireLoginForm,
 } from '/static/common.js';
+import { allergenLabel } from '/static/menu-choices.js';
 
 const NEXT_STATUS = { placed: 'accepted', accepted: 'preparing', preparing: 'ready', ready: 'served' };
 const ADVANCE_LABEL = { placed: 'Accept', accepted: 'Start preparing', preparing: 'Mark ready', ready: 'Mark served' };
@@ -93,6 +97,7 @@ const state = {
   inSync: false, // a snapshot arrived on the socket that is open now
   lastSyncAt: 0, // when the board last matched the server (a snapshot, a resume, a poll)
   menuBusy: new Set(),
+  allergiesRead: new Set(), // order ids whose allergies a cook confirmed reading on this screen
   acceptingBusy: false,
   disconnectedAt: 0,
 };
@@ -402,10 +407,13 @@ function handleMessage(msg) {
       break;
     }
     case 'order_status':
-      applyStatus(String(msg.order_id), msg.status, msg.updated_at);
+      applyStatus(String(msg.order_id), msg.status, msg.updated_at, msg.allergy_ack);
       break;
     case 'menu_item':
       setItemAvailable(String(msg.item_id), msg.available !== false);
+      break;
+    case 'menu_option':
+      setOptionAvailable(String(msg.option_id), msg.available !== false);
       break;
     case 'restaurant':
       if (state.restaurant) state.restaurant.accepting_orders = msg.accepting_orders !== false;
@@ -426,11 +434,12 @@ function handleMessage(msg) {
   }
 }
 
-function applyStatus(orderId, status, updatedAt) {
+function applyStatus(orderId, status, updatedAt, allergyAck) {
   const order = state.tickets.get(orderId);
   if (!order) return;
   order.status = status;
   if (updatedAt) order.updated_at = updatedAt;
+  if (allergyAck) order.allergy_ack = allergyAck;
   if (FINAL.has(status)) state.tickets.delete(orderId);
   const hold = state.holds.get(orderId);
   if (hold && hold.from !== status) {
@@ -489,6 +498,16 @@ async function askCancel(orderId) {
   if (ok && state.tickets.has(orderId)) hold(orderId, 'cancelled');
 }
 
+/** The order waits for the kitchen to acknowledge its allergies before it leaves "new". */
+function needsAllergyAck(order) {
+  return Array.isArray(order.allergies) && order.allergies.length > 0 && !order.allergy_ack;
+}
+
+function readAllergies(orderId) {
+  state.allergiesRead.add(orderId);
+  renderTickets();
+}
+
 function commit(orderId, status, from) {
   const order = state.tickets.get(orderId);
   if (!order) {
@@ -501,15 +520,17 @@ function commit(orderId, status, from) {
     return;
   }
   state.sending.add(orderId);
+  // Read on this screen, and not a cancellation: the change acknowledges the allergies.
+  const allergyAck = status !== 'cancelled' && state.allergiesRead.has(orderId);
   if (socket && socket.connected) {
     const requestId = uuid();
     state.inflight.set(requestId, {
-      orderId, status, ticketNo: order.ticket_no,
+      orderId, status, ticketNo: order.ticket_no, allergyAck,
       timer: setTimeout(() => fallbackToRest(requestId), ACK_TIMEOUT_MS),
     });
-    socket.send({ type: 'set_status', request_id: requestId, order_id: order.id, status });
+    socket.send({ type: 'set_status', request_id: requestId, order_id: order.id, status, allergy_ack: allergyAck });
   } else {
-    sendViaRest(orderId, status, order.ticket_no, false);
+    sendViaRest(orderId, status, order.ticket_no, false, allergyAck);
   }
   renderTickets();
 }
@@ -529,15 +550,15 @@ function fallbackToRest(requestId) {
   if (!req) return;
   clearTimeout(req.timer);
   state.inflight.delete(requestId);
-  sendViaRest(req.orderId, req.status, req.ticketNo, true);
+  sendViaRest(req.orderId, req.status, req.ticketNo, true, req.allergyAck);
 }
 
 /** `isRetry`: the socket may already have applied it, so invalid_transition is expected and quiet. */
-async function sendViaRest(orderId, status, ticketNo, isRetry) {
+async function sendViaRest(orderId, status, ticketNo, isRetry, allergyAck = false) {
   state.sending.add(orderId);
   try {
     const order = await staff.request('POST', kitchenPath(`/api/v1/kitchen/orders/${encodeURIComponent(orderId)}/status`), {
-      body: { status }, retry: { attempts: 3 },
+      body: { status, allergy_ack: allergyAck }, retry: { attempts: 3 },
     });
     if (order && order.id !== undefined) applyOrder(order);
   } catch (err) {
@@ -586,7 +607,7 @@ function renderTickets() {
     keep.add(id);
     const held = state.holds.get(id);
     const sig = [order.status, order.updated_at, held ? held.status : '', state.sending.has(id), state.fresh.has(id),
-      order.items ? order.items.length : 0].join('|');
+      order.items ? order.items.length : 0, state.allergiesRead.has(id), !!order.allergy_ack].join('|');
     let entry = ticketEls.get(id);
     if (!entry || entry.sig !== sig) {
       const built = buildTicket(order, held);
@@ -655,6 +676,17 @@ function buildTicket(order, held) {
         type: 'button', class: 'btn btn-warning btn-lg', testid: 'ticket-undo',
         'aria-label': `Undo: ticket ${order.ticket_no}`, on: { click: () => undo(id) },
       }, 'Undo'));
+  } else if (status === 'placed' && needsAllergyAck(order) && !state.allergiesRead.has(id)) {
+    // One tap to confirm the allergies were read, then the ticket can move on.
+    actions = h('div', { class: 'ticket-actions' },
+      h('button', {
+        type: 'button', class: 'btn btn-lg btn-allergy-read', testid: 'allergy-read', disabled: sending,
+        'aria-label': `Allergies read: ticket ${order.ticket_no}`, on: { click: () => readAllergies(id) },
+      }, 'Allergies read'),
+      h('button', {
+        type: 'button', class: 'btn btn-ghost btn-cancel', testid: 'ticket-cancel', disabled: sending,
+        'aria-label': `Cancel ticket ${order.ticket_no}`, on: { click: () => askCancel(id) },
+      }, 'Cancel'));
   } else {
     const next = NEXT_STATUS[status];
     actions = h('div', { class: 'ticket-actions' },
@@ -687,10 +719,23 @@ function buildTicket(order, held) {
       h('span', { class: 'ticket-qty', testid: 'ticket-item-qty', text: `${item.quantity}×` }),
       h('span', { class: 'ticket-item-text' },
         h('span', { class: 'ticket-item-name', testid: 'ticket-item-name', text: item.name }),
+        Array.isArray(item.options) && item.options.length ? h('ul', { class: 'ticket-item-options' },
+          item.options.map((o) => h('li', { testid: 'ticket-item-option', text: o.name }))) : null,
         item.note ? h('span', { class: 'ticket-item-note', testid: 'ticket-item-note', text: item.note }) : null)))),
   order.note ? h('p', { class: 'ticket-note', testid: 'ticket-note', text: order.note }) : null,
+  allergyBanner(order),
   actions);
   return { el, timerEl, holdEl };
+}
+
+/** The banner no cook can miss: the table's declared allergies, and whether they were acknowledged. */
+function allergyBanner(order) {
+  const declared = Array.isArray(order.allergies) ? order.allergies : [];
+  if (!declared.length) return null;
+  const ack = order.allergy_ack;
+  return h('div', { class: ['allergy-banner', ack && 'is-acknowledged'], testid: 'allergy-banner', role: 'alert' },
+    h('strong', { text: `ALLERGIES: ${declared.map(allergenLabel).join(', ')}` }),
+    ack ? h('span', { class: 'allergy-banner-ack', testid: 'allergy-banner-ack', text: ` · read ${formatDateTime(ack.at, { timeStyle: 'short' })}` }) : null);
 }
 
 /** Once a second: ticket ages, their colour, and hold countdowns. */
@@ -722,8 +767,11 @@ function renderAllDay() {
     if (FINAL.has(order.status)) continue;
     for (const item of order.items || []) {
       const key = item.menu_item_id !== undefined && item.menu_item_id !== null ? `id:${item.menu_item_id}` : `name:${item.name}`;
-      const entry = counts.get(key) || { name: item.name, quantity: 0 };
+      const entry = counts.get(key) || { name: item.name, quantity: 0, options: new Map() };
       entry.quantity += Number(item.quantity) || 0;
+      for (const o of Array.isArray(item.options) ? item.options : []) {
+        entry.options.set(o.name, (entry.options.get(o.name) || 0) + (Number(item.quantity) || 0));
+      }
       counts.set(key, entry);
     }
   }
@@ -731,7 +779,10 @@ function renderAllDay() {
   setChildren(dom.allDayList, rows.length
     ? rows.map((row) => h('li', { class: 'all-day-item', testid: 'all-day-item' },
       h('span', { class: 'all-day-count', testid: 'all-day-count', text: String(row.quantity) }),
-      h('span', { class: 'all-day-name', testid: 'all-day-name', text: row.name })))
+      h('span', { class: 'all-day-name' },
+        h('span', { testid: 'all-day-name', text: row.name }),
+        row.options.size ? h('span', { class: 'all-day-options', testid: 'all-day-options',
+          text: [...row.options].map(([name, n]) => `${n} ${name}`).join(' · ') }) : null)))
     : h('li', { class: 'muted', text: state.inSync ? 'Nothing open.' : 'Not in sync yet.' }));
 }
 
@@ -764,6 +815,24 @@ function findMenuItem(itemId) {
   return null;
 }
 
+function findMenuOption(optionId) {
+  for (const category of (state.menu && state.menu.categories) || []) {
+    for (const item of category.items || []) {
+      for (const group of item.option_groups || []) {
+        for (const option of group.options || []) if (String(option.id) === optionId) return option;
+      }
+    }
+  }
+  return null;
+}
+
+function setOptionAvailable(optionId, available) {
+  const option = findMenuOption(optionId);
+  if (!option) return;
+  option.available = available;
+  renderMenuPanel();
+}
+
 function setItemAvailable(itemId, available) {
   const item = findMenuItem(itemId);
   if (!item) return;
@@ -793,8 +862,49 @@ function renderMenuPanel() {
             class: ['btn', 'btn-toggle', item.available ? 'is-on' : 'is-off'],
             testid: 'menu-item-toggle', dataset: { itemId: id }, disabled: busy,
             on: { click: () => toggleItem(id) },
-          }, item.available ? 'Available' : 'Sold out'));
+          }, item.available ? 'Available' : 'Sold out'),
+          optionToggles(item));
       })))));
+}
+
+/** Sold-out switches for a dish's options (oat milk, a side). */
+function optionToggles(item) {
+  const options = (item.option_groups || []).flatMap((g) => g.options || []);
+  if (!options.length) return null;
+  return h('ul', { class: 'option-toggle-list' }, options.map((option) => {
+    const id = String(option.id);
+    const busy = state.menuBusy.has(`option:${id}`);
+    return h('li', { class: ['menu-toggle-row', 'is-option', !option.available && 'is-sold-out'], testid: 'menu-panel-option', dataset: { optionId: id } },
+      h('span', { class: 'menu-toggle-name', text: option.name }),
+      h('button', {
+        type: 'button', role: 'switch', 'aria-checked': String(!!option.available),
+        'aria-label': `${item.name}: ${option.name} available`,
+        class: ['btn', 'btn-toggle', option.available ? 'is-on' : 'is-off'],
+        testid: 'menu-option-toggle', disabled: busy,
+        on: { click: () => toggleOption(id) },
+      }, option.available ? 'Available' : 'Sold out'));
+  }));
+}
+
+async function toggleOption(optionId) {
+  const option = findMenuOption(optionId);
+  const key = `option:${optionId}`;
+  if (!option || state.menuBusy.has(key)) return;
+  const wanted = !option.available;
+  state.menuBusy.add(key);
+  renderMenuPanel();
+  try {
+    const updated = await staff.request('PATCH', kitchenPath(`/api/v1/kitchen/options/${encodeURIComponent(optionId)}`), {
+      body: { available: wanted }, retry: { attempts: 3 },
+    });
+    option.available = updated && typeof updated.available === 'boolean' ? updated.available : wanted;
+    toast(`${option.name}: ${option.available ? 'available again' : 'sold out'}`, 'ok', 2500);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) toast(errorMessage(err), 'error');
+  } finally {
+    state.menuBusy.delete(key);
+    renderMenuPanel();
+  }
 }
 
 async function toggleItem(itemId) {
