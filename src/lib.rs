@@ -31,6 +31,7 @@ pub mod lean;
 pub mod limits;
 pub mod metrics;
 pub mod otp;
+pub mod photos;
 pub mod qr;
 pub mod routes;
 pub mod security_headers;

@@ -447,6 +447,7 @@ async fn ensure_restaurant(conn: &mut DbConn, demo: &DemoRestaurant) -> anyhow::
                     .find(|(dish, _)| *dish == it.name)
                     .map(|(_, codes)| codes.iter().map(|c| (*c).to_string()).collect())
                     .unwrap_or_default(),
+                image_hash: None,
             })
             .collect();
         diesel::insert_into(menu_items::table)

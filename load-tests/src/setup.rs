@@ -417,6 +417,7 @@ pub async fn insert_restaurant(
             created_at: now,
             updated_at: now,
             allergens: Vec::new(),
+            image_hash: None,
         })
         .collect();
     diesel::insert_into(menu_items::table)

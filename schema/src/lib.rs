@@ -6,6 +6,7 @@
 
 pub mod domain;
 pub mod leases;
+pub mod media;
 pub mod models;
 pub mod options;
 pub mod schema;

@@ -175,6 +175,8 @@ pub struct MenuItem {
     pub updated_at: DateTime<Utc>,
     /// Allergen codes ([`crate::domain::ALLERGENS`]).
     pub allergens: Vec<String>,
+    /// The dish's photo: the SHA-256 (hex) naming it in `menu_images` and in its URLs.
+    pub image_hash: Option<String>,
 }
 
 impl MenuItem {
@@ -198,8 +200,8 @@ impl MenuItem {
             available: self.available,
             tags: self.tags.clone(),
             allergens: self.allergens.clone(),
-            image_url: None,
-            thumbnail_url: None,
+            image_url: self.image_hash.as_deref().map(crate::media::menu_url),
+            thumbnail_url: self.image_hash.as_deref().map(crate::media::thumbnail_url),
             option_groups: Vec::new(),
         }
     }

@@ -41,6 +41,18 @@ diesel::table! {
         allergens -> Array<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        image_hash -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    menu_images (hash) {
+        hash -> Text,
+        menu_jpeg -> Bytea,
+        thumb_jpeg -> Bytea,
+        width -> Int4,
+        height -> Int4,
+        created_at -> Timestamptz,
     }
 }
 
@@ -236,4 +248,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     cluster_nodes,
     option_groups,
     menu_options,
+    menu_images,
 );

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod guest;
 pub mod health;
 pub mod kitchen;
+pub mod media;
 pub mod pages;
 pub mod sockets;
 
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .configure(sockets::configure)
     .configure(pages::configure)
+    .configure(media::configure)
     .configure(health::configure)
     .configure(crate::metrics::configure);
 }

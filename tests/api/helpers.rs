@@ -549,6 +549,7 @@ impl TestApp {
                 created_at: now,
                 updated_at: now,
                 allergens: vec![],
+                image_hash: None,
             })
             .collect();
         diesel::insert_into(menu_items::table)

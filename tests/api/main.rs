@@ -19,6 +19,7 @@ mod operations;
 mod orders;
 mod otp;
 mod ownership;
+mod photos;
 mod real_menus;
 mod reconcile;
 mod resume;

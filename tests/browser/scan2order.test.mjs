@@ -722,4 +722,96 @@ describe('Scan2Order in headless Chromium', { concurrency: false }, () => {
     const stored = await api.call('GET', `/api/v1/orders/${order.id}`, { token: JSON.parse(await guest.evaluate(() => localStorage.getItem('s2o.customer'))).customer_token });
     assert.ok(stored.allergy_ack && stored.allergy_ack.at, 'the acknowledgement is stored');
   });
+
+  flow('7. an admin gives a dish two choices and a photo, with errors shown at the field; guests see them', async () => {
+    const suffix = Date.now().toString(36);
+    const adminLogin = env.server.login('admin');
+    const token = await api.login(adminLogin.username, adminLogin.password);
+    const listed = await api.call('GET', '/api/v1/admin/restaurants', { token });
+    const r = (listed.restaurants || listed).find((x) => x.slug === 'harbour-fish-grill');
+    const cats = await api.call('GET', `/api/v1/admin/restaurants/${r.id}/categories`, { token });
+    const category = (cats.categories || cats)[0];
+    const dish = await api.call('POST', `/api/v1/admin/restaurants/${r.id}/menu-items`, {
+      token, body: { category_id: category.id, name: `Crab roll ${suffix}`, price_cents: 1400 },
+    });
+
+    const admin = await env.newPage('desktop', 'admin-choices');
+    await signInAdmin(admin, adminLogin, { hash: `#r=${r.id}&tab=items` });
+    const row = admin.locator(`[data-testid="item-row"][data-item-id="${dish.id}"]`);
+    await row.getByTestId('item-choices').click();
+    const editor = admin.getByTestId('dish-editor');
+    await editor.waitFor({ state: 'visible' });
+
+    // The photo: any real picture will do; the server re-encodes it.
+    const picture = await admin.screenshot({ type: 'png' });
+    await editor.getByTestId('photo-input').setInputFiles({ name: 'crab-roll.png', mimeType: 'image/png', buffer: picture });
+    await editor.getByTestId('photo-preview').waitFor();
+
+    // A choice asking for more than it allows: the error is shown at the field.
+    const newGroup = editor.getByTestId('new-group-form');
+    await newGroup.getByTestId('group-name').fill('Size');
+    await newGroup.getByTestId('group-min').fill('3');
+    await newGroup.getByTestId('group-max').fill('1');
+    const refused = env.problems.allow('admin-choices', /status of 400 .*\/option-groups/, 'a choice refused on purpose');
+    await newGroup.getByTestId('group-add').click();
+    await waitText(newGroup.getByTestId('dish-form-error'), /^min: must not be above max/);
+    refused.stop(500);
+    assert.equal(await newGroup.getByTestId('group-min').getAttribute('aria-invalid'), 'true');
+    await env.screenshot(admin, 'admin-choice-error-desktop');
+    await newGroup.getByTestId('group-min').fill('1');
+    await newGroup.getByTestId('group-add').click();
+    const groups = editor.getByTestId('option-group-editor');
+    await groups.first().waitFor();
+
+    const addOption = async (group, name, delta, allergen) => {
+      const form = group.getByTestId('new-option-form');
+      await form.getByTestId('new-option-name').fill(name);
+      await form.getByTestId('new-option-delta').fill(delta);
+      if (allergen) {
+        await form.locator('summary').click();
+        await form.locator(`[data-testid="new-option-allergen-check"][data-allergen="${allergen}"]`).check();
+      }
+      const before = await group.getByTestId('option-form').count();
+      await form.getByTestId('option-add').click();
+      await waitUntil(async () => (await group.getByTestId('option-form').count()) === before + 1, { what: `option ${name} to be added` });
+    };
+    await addOption(groups.nth(0), 'Regular', '0');
+    await addOption(groups.nth(0), 'Large', '3.00');
+    const second = editor.getByTestId('new-group-form');
+    await second.getByTestId('group-name').fill('Extras');
+    await second.getByTestId('group-min').fill('0');
+    await second.getByTestId('group-max').fill('2');
+    await second.getByTestId('group-add').click();
+    await waitUntil(async () => (await groups.count()) === 2, { what: 'the second choice' });
+    await addOption(groups.nth(1), 'Avocado', '1.50');
+    await addOption(groups.nth(1), 'Aioli', '0.80', 'eggs');
+    await env.screenshot(admin, 'admin-dish-choices-desktop');
+    await editor.getByTestId('dish-editor-close').click();
+    await waitText(row.getByTestId('item-row-choices'), 'Size (2) · Extras (2)');
+    await row.getByTestId('item-row-photo').waitFor();
+
+    // What guests get: the photo, the choices, the option's allergen.
+    const table = env.server.table('harbour-fish-grill', 'T3');
+    const data = await api.table(table.token);
+    const shown = menuItems(data).find((i) => i.id === dish.id);
+    assert.ok(shown.image_url && shown.thumbnail_url, 'the dish has a photo');
+    assert.deepEqual(shown.option_groups.map((g) => [g.name, g.min, g.max, g.options.map((o) => [o.name, o.price_delta_cents])]),
+      [['Size', 1, 1, [['Regular', 0], ['Large', 300]]], ['Extras', 0, 2, [['Avocado', 150], ['Aioli', 80]]]]);
+    assert.deepEqual(shown.option_groups[1].options[1].allergens, ['eggs']);
+    const guest = await env.newPage('phone', 'guest-photo');
+    await guest.goto(table.url);
+    const card = menuCard(guest, dish.id);
+    await card.getByTestId('menu-item-photo').waitFor();
+    await card.scrollIntoViewIfNeeded();
+    await waitUntil(() => card.getByTestId('menu-item-photo').evaluate((img) => img.complete && img.naturalWidth > 0), { what: 'the thumbnail to load' });
+    await env.screenshot(guest, 'guest-menu-photo-phone');
+    await card.getByTestId('add-to-cart').click();
+    const sheet = guest.getByTestId('dish-sheet');
+    await sheet.getByTestId('dish-photo').waitFor();
+    assert.equal(await sheet.getByTestId('option-group').count(), 2);
+    await env.screenshot(guest, 'guest-dish-sheet-photo-phone');
+
+    // Cleared for a rerun against the same database.
+    await api.call('DELETE', `/api/v1/admin/restaurants/${r.id}/menu-items/${dish.id}`, { token });
+  });
 });

@@ -2,12 +2,14 @@
 //
 // Restaurants, categories, menu items, tables (QR codes, token rotation) and
 // chefs, all through /api/v1/admin/. Server validation errors are shown next
-// to the form that caused them.
+// to the form that caused them. A dish's choices and photo are edited in
+// admin-dish.js.
 
 import {
   h, byId, show, setChildren, ApiError, errorMessage, formatMoney, centsToDecimal, parseMoney,
   currencyDigits, formatDateTime, safeUrl, toast, confirmDialog, StaffSession, wireLoginForm,
 } from '/static/common.js';
+import { allergenChecks, checkedAllergens, openDishEditor } from '/static/admin-dish.js';
 
 const TABS = [
   ['settings', 'Settings'],
@@ -667,6 +669,7 @@ function itemForm(r, categories, item) {
       field('Position', input({ name: 'position', type: 'number', step: 1, min: 0, inputmode: 'numeric', value: v.position ?? '', testid: 'item-position', placeholder: 'auto' }))),
     field('Tags', input({ name: 'tags', value: (v.tags || []).join(', '), testid: 'item-tags', placeholder: 'vegan, gluten-free' }), 'Comma-separated; shown to guests as chips.'),
     checkboxField('Available (not sold out)', h('input', { type: 'checkbox', name: 'available', checked: v.available !== false, testid: 'item-available' })),
+    allergenChecks(v.allergens, 'item-allergen'),
     formErrorEl(),
     h('div', { class: 'form-actions' },
       editing ? actionButton('Cancel', 'item-cancel-edit', () => { state.editing = null; refreshPanel(); }, 'btn-ghost') : null,
@@ -688,6 +691,7 @@ function itemForm(r, categories, item) {
         price_cents: priceCents,
         available: form.elements.available.checked,
         tags: tagsFrom(form.elements.tags.value),
+        allergens: checkedAllergens(form),
         position: parseIntField(form.elements.position.value, 'position', 'Position', { optional: true }),
       };
       if (editing) {
@@ -733,8 +737,18 @@ function itemRow(r, item) {
       h('span', { class: 'row-price', testid: 'item-row-price', text: formatMoney(item.price_cents, r.currency) }),
       item.available === false ? h('span', { class: 'pill pill-danger', text: 'Sold out' }) : null,
       (item.tags || []).length ? h('span', { class: 'tags' }, item.tags.map((t) => h('span', { class: 'tag', text: t }))) : null,
-      item.description ? h('span', { class: 'row-desc muted small', text: item.description }) : null),
+      item.description ? h('span', { class: 'row-desc muted small', text: item.description }) : null,
+      (item.option_groups || []).length ? h('span', { class: 'muted small', testid: 'item-row-choices', text: item.option_groups.map((g) => `${g.name} (${(g.options || []).length})`).join(' · ') }) : null,
+      item.thumbnail_url ? h('span', { class: 'pill', testid: 'item-row-photo', text: 'Photo' }) : null),
     h('div', { class: 'row-actions' },
+      actionButton('Choices & photo', 'item-choices', () => openDishEditor({
+        r, item, staff, base: base(r.id),
+        onChange: (updated) => {
+          const i = state.data.items.findIndex((x) => String(x.id) === id);
+          if (i >= 0 && updated && updated.id !== undefined) state.data.items[i] = updated;
+        },
+        onClose: () => refreshPanel(),
+      })),
       actionButton('Edit', 'item-edit', () => {
         state.editing = { kind: 'item', id };
         refreshPanel();

@@ -242,7 +242,11 @@ export async function apiRequest(method, path, options = {}) {
 async function requestOnce(method, path, body, token, extraHeaders, signal) {
   const headers = { Accept: 'application/json', ...extraHeaders };
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store', signal };
-  if (body !== undefined) {
+  if (typeof Blob !== 'undefined' && body instanceof Blob) {
+    // A file (a dish's photo): sent as it is, with its own type.
+    headers['Content-Type'] = body.type || 'application/octet-stream';
+    init.body = body;
+  } else if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
@@ -307,6 +311,8 @@ const MESSAGES = {
   not_found: 'Not found. It may have been removed.',
   payload_too_large: 'That is too much to send at once.',
   unsupported_media_type: 'The server did not accept the request format.',
+  allergen_conflict: 'A dish in this order contains an allergen the table declared.',
+  allergy_ack_required: 'This order has allergies: confirm you read them before moving it on.',
   unavailable: 'The service is temporarily unavailable, retrying…',
   network: "Can't reach the server. Check your connection; retrying…",
 };
@@ -319,7 +325,9 @@ export function errorMessage(err) {
       ? `Too many requests. Please wait ${plural(err.retryAfter, 'second')} and try again.`
       : 'Too many requests. Please wait a moment and try again.';
   }
-  if (err.code === 'invalid_request') return err.message || 'Please check the form and try again.';
+  if (err.code === 'invalid_request' || err.code === 'invalid_image' || err.code === 'invalid_options') {
+    return err.message || 'Please check the form and try again.';
+  }
   return MESSAGES[err.code] || err.message || `Something went wrong (${err.status}). Please try again.`;
 }
 

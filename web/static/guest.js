@@ -6,7 +6,7 @@
 // allergies are in menu-choices.js.
 
 import {
-  h, byId, show, setChildren, preserveFocus, local, uuid, apiRequest, ApiError, errorMessage,
+  h, byId, show, setChildren, preserveFocus, local, uuid, apiRequest, ApiError, errorMessage, safeUrl,
   withQuery, formatMoney, formatDateTime, LiveSocket, toast,
 } from '/static/common.js';
 import {
@@ -258,7 +258,10 @@ function menuItemCard(item) {
   const choices = groupsOf(item).length > 0;
   const inCart = quantityInCart(item.id);
   const tags = Array.isArray(item.tags) ? item.tags.filter((t) => typeof t === 'string' && t.trim()) : [];
-  return h('article', { class: ['menu-item', soldOut && 'is-sold-out'], testid: 'menu-item', dataset: { itemId: item.id } },
+  const photo = item.thumbnail_url ? safeUrl(item.thumbnail_url) : null;
+  return h('article', { class: ['menu-item', soldOut && 'is-sold-out', photo && 'has-photo'], testid: 'menu-item', dataset: { itemId: item.id } },
+    // Sized before it loads (width and height), so the menu does not jump; loaded only near the screen.
+    photo ? h('img', { class: 'menu-item-photo', testid: 'menu-item-photo', src: photo, alt: '', width: 88, height: 88, loading: 'lazy', decoding: 'async' }) : null,
     h('div', { class: 'menu-item-body' },
       h('h3', { class: 'menu-item-name', testid: 'menu-item-name', text: item.name }),
       item.description ? h('p', { class: 'menu-item-desc', testid: 'menu-item-description', text: item.description }) : null,

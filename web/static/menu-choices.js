@@ -3,7 +3,7 @@
 //
 // The server checks and prices everything again; this module only helps the guest choose right.
 
-import { h, setChildren } from '/static/common.js';
+import { h, safeUrl, setChildren } from '/static/common.js';
 
 /** The 14 allergens EU and UK law makes restaurants declare, in the law's order. */
 export const ALLERGENS = ['gluten', 'crustaceans', 'eggs', 'fish', 'peanuts', 'soybeans', 'milk', 'nuts',
@@ -138,7 +138,9 @@ export function openDishSheet({ item, money, declared, onAdd }) {
         options,
         h('p', { class: 'form-error', testid: 'option-group-error', role: 'alert', text: message }));
     });
+    const photo = item.image_url ? safeUrl(item.image_url) : null;
     setChildren(body,
+      photo ? h('img', { class: 'dish-photo', testid: 'dish-photo', src: photo, alt: item.name, width: 1200, height: 900, decoding: 'async' }) : null,
       h('h2', { class: 'dialog-title', text: item.name }),
       item.description ? h('p', { class: 'dialog-text', text: item.description }) : null,
       allergenBadges(allergensOf(item)),

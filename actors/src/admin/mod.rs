@@ -81,6 +81,11 @@ pub enum AdminChange {
     },
     /// A change to a dish's option groups or options.
     Options(options::OptionChange),
+    /// A dish's photo (already stored, by its hash), or none.
+    SetImage {
+        item_id: Uuid,
+        image_hash: Option<String>,
+    },
 }
 
 /// What an admin change produced.
@@ -378,6 +383,7 @@ async fn apply_in(
                 position,
                 tags: f.tags.unwrap_or_default(),
                 allergens: f.allergens.unwrap_or_default(),
+                image_hash: None,
                 deleted_at: None,
                 created_at: now,
                 updated_at: now,
@@ -498,6 +504,23 @@ async fn apply_in(
             Ok(AdminOutcome::Deleted)
         }
         AdminChange::Options(change) => options::apply_in(conn, rid, change, now).await,
+        AdminChange::SetImage {
+            item_id,
+            image_hash,
+        } => {
+            let mut item = item_of(conn, rid, item_id).await?;
+            item.image_hash = image_hash;
+            item.updated_at = now;
+            diesel::update(menu_items::table.find(item_id))
+                .set((
+                    menu_items::image_hash.eq(&item.image_hash),
+                    menu_items::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+            bump_version(conn, rid, now).await?;
+            Ok(AdminOutcome::Item(item))
+        }
         AdminChange::RotateToken { id } => {
             let mut table = table_of(conn, rid, id).await?;
             table.token = new_table_token();

@@ -394,6 +394,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             allergens: Vec::new(),
+            image_hash: None,
         };
         let table = |label: &str, token: &str, active: bool| RestaurantTable {
             id: Uuid::new_v4(),

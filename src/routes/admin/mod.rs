@@ -2,9 +2,10 @@
 //! rotation, and chefs. Changes to an existing restaurant are applied by its own actor, which tells open
 //! sockets (`menu`, `restaurant`) and closes the sockets of a table whose token died. A chef calling any of
 //! these gets 403; an id of another restaurant is 404. A dish's option groups and options are in
-//! [`options`].
+//! [`options`], its photo in [`photos`].
 
 mod options;
+mod photos;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
@@ -75,6 +76,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .delete(delete_item),
             )
             .configure(|cfg| options::configure(cfg, r))
+            .configure(|cfg| photos::configure(cfg, r))
             .service(
                 resource(format!("{r}/tables"))
                     .post(create_table)
@@ -348,6 +350,8 @@ struct ItemOut {
     tags: Vec<String>,
     position: i32,
     allergens: Vec<String>,
+    image_url: Option<String>,
+    thumbnail_url: Option<String>,
     option_groups: Vec<options::GroupOut>,
 }
 
@@ -364,6 +368,14 @@ impl ItemOut {
             tags: i.tags,
             position: i.position,
             allergens: i.allergens,
+            image_url: i
+                .image_hash
+                .as_deref()
+                .map(scan2order_schema::media::menu_url),
+            thumbnail_url: i
+                .image_hash
+                .as_deref()
+                .map(scan2order_schema::media::thumbnail_url),
             option_groups,
         }
     }
