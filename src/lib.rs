@@ -21,6 +21,7 @@
 //! The actors live in `scan2order-actors`, the schema and wire types in `scan2order-schema`.
 
 pub mod auth;
+pub mod byte_cache;
 pub mod config;
 pub mod context;
 pub mod db;

@@ -2,15 +2,14 @@
 //! the SHA-256 of the picture, so an answer never changes: it is cached by browsers for a year
 //! (`immutable`) and kept here in memory (up to [`CACHE_BYTES`]) so busy menus do not read Postgres.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use dashmap::DashMap;
 use scan2order_schema::media::{is_image_hash, MenuImage};
 
+use crate::byte_cache::ByteCache;
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 
@@ -18,40 +17,7 @@ use crate::error::{ApiError, ApiResult};
 pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Photos served lately, by (hash, thumbnail), within [`CACHE_BYTES`].
-struct PhotoCache {
-    entries: DashMap<(String, bool), Bytes>,
-    bytes: AtomicUsize,
-}
-
-static CACHE: LazyLock<PhotoCache> = LazyLock::new(|| PhotoCache {
-    entries: DashMap::new(),
-    bytes: AtomicUsize::new(0),
-});
-
-impl PhotoCache {
-    fn get(&self, key: &(String, bool)) -> Option<Bytes> {
-        self.entries.get(key).map(|e| e.value().clone())
-    }
-
-    fn put(&self, key: (String, bool), value: Bytes) {
-        let size = value.len();
-        if size > CACHE_BYTES / 8 {
-            return;
-        }
-        // Over budget: make room by dropping other entries (any will do: all are cheap to read back).
-        while self.bytes.load(Ordering::Relaxed) + size > CACHE_BYTES {
-            let Some(victim) = self.entries.iter().next().map(|e| e.key().clone()) else {
-                break;
-            };
-            if let Some((_, old)) = self.entries.remove(&victim) {
-                self.bytes.fetch_sub(old.len(), Ordering::Relaxed);
-            }
-        }
-        if self.entries.insert(key, value).is_none() {
-            self.bytes.fetch_add(size, Ordering::Relaxed);
-        }
-    }
-}
+static CACHE: LazyLock<ByteCache<(String, bool)>> = LazyLock::new(|| ByteCache::new(CACHE_BYTES));
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/media/{name}", web::get().to(photo));

@@ -1802,6 +1802,15 @@ pub(crate) fn endpoints(w: &World) -> Vec<Endpoint> {
         .field("/available", Kind::Bool),
         Endpoint::new(
             Method::POST,
+            admin_path(format!("/menu-items/{}/option-groups", a.items[0].id)),
+            Some(admin),
+            json!({"name": "Size", "min": 0, "max": 2}),
+        )
+        .field("/name", Kind::Str)
+        .field("/min", Kind::Int)
+        .field("/max", Kind::Int),
+        Endpoint::new(
+            Method::POST,
             admin_path("/tables".into()),
             Some(admin),
             json!({"label": "T9"}),

@@ -785,3 +785,73 @@ async fn option_admin_calls_name_the_bad_field_and_other_dishes_and_tenants_ids_
         Some(1)
     );
 }
+
+#[actix_web::test]
+async fn a_guest_menu_is_sent_gzip_compressed_to_clients_that_take_it_and_follows_every_change() {
+    use std::io::Read;
+    let app = spawn_app().await;
+    let admin = admin_token(&app).await;
+    let r = app.restaurant("compresso", 30, 2).await;
+    pizza(&app, &admin, &r).await;
+    let path = format!("/api/v1/tables/{}", r.tables[0].token);
+    let fetch = async |encoding: &str| {
+        let res = app
+            .http
+            .get(app.url(&path))
+            .header("Accept-Encoding", encoding)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["vary"], "Accept-Encoding");
+        let gzipped = res
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip");
+        let bytes = res.bytes().await.expect("body").to_vec();
+        if !gzipped {
+            return (false, bytes.len(), String::from_utf8(bytes).expect("utf-8"));
+        }
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .expect("a gzip body");
+        (true, bytes.len(), text)
+    };
+    let (plain_gz, plain_len, plain) = fetch("identity").await;
+    assert!(!plain_gz);
+    let (gz, gz_len, unpacked) = fetch("gzip, deflate, br").await;
+    assert!(gz, "compressed for a client that takes gzip");
+    assert_eq!(unpacked, plain, "the same menu");
+    assert!(gz_len * 3 < plain_len, "{gz_len} of {plain_len} bytes");
+    let (refused, _, _) = fetch("gzip;q=0, identity").await;
+    assert!(!refused, "q=0 refuses gzip");
+    // The same table's second read comes from the cache; another table gets its own body.
+    let other = format!("/api/v1/tables/{}", r.tables[1].token);
+    let res = app
+        .http
+        .get(app.url(&other))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("request");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&res.bytes().await.expect("body")[..])
+        .read_to_string(&mut text)
+        .expect("gzip");
+    let menu: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(menu["table"]["id"], json!(r.tables[1].id));
+    // A table renamed (the menu version does not move) is never answered from an old body.
+    let (s, _) = call(
+        &app,
+        &admin,
+        "PATCH",
+        &format!("/restaurants/{}/tables/{}", r.id, r.tables[0].id),
+        Some(json!({"label": "Terrace 1"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, _, renamed) = fetch("gzip").await;
+    let menu: Value = serde_json::from_str(&renamed).expect("json");
+    assert_eq!(menu["table"]["label"], "Terrace 1");
+}
