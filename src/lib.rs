@@ -28,6 +28,7 @@ pub mod db;
 pub mod drain;
 pub mod error;
 pub mod extract;
+pub mod gzip;
 pub mod lean;
 pub mod limits;
 pub mod metrics;

@@ -25,9 +25,9 @@ pub const MAX_SIDE: u32 = 6000;
 pub const MAX_DECODE_BYTES: u64 = 160 * 1024 * 1024;
 /// The smallest side worth showing.
 pub const MIN_SIDE: u32 = 64;
-/// The longest side of the menu size and of the thumbnail.
+/// The longest side of the menu size and of the thumbnail (shown at 88 CSS px: sharp up to 2× screens).
 pub const MENU_SIDE: u32 = 1200;
-pub const THUMB_SIDE: u32 = 320;
+pub const THUMB_SIDE: u32 = 200;
 /// Uploads decoded at the same time.
 pub const CONCURRENT_DECODES: usize = 2;
 
@@ -148,7 +148,7 @@ pub fn process(bytes: &[u8], format: ImageFormat) -> Result<Processed, PhotoErro
     drop(flat);
     let thumb = fit(&menu, THUMB_SIDE);
     let menu_jpeg = jpeg(&menu, 82)?;
-    let thumb_jpeg = jpeg(&thumb, 78)?;
+    let thumb_jpeg = jpeg(&thumb, 72)?;
     let hash = Sha256::digest(&menu_jpeg)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -206,7 +206,7 @@ mod tests {
         assert_eq!((out.width, out.height), (1200, 600));
         let thumb =
             image::load_from_memory_with_format(&out.thumb, ImageFormat::Jpeg).expect("jpeg");
-        assert_eq!((thumb.width(), thumb.height()), (320, 160));
+        assert_eq!((thumb.width(), thumb.height()), (200, 100));
         assert_eq!(out.hash.len(), 64);
         let again = process(
             &png(w, h, image::ExtendedColorType::Rgb8, &pixels),

@@ -24,6 +24,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/static/{path:.*}", web::get().to(asset));
 }
 
+/// The pages and scripts gzip-compressed, by their `ETag` (their content's hash): each once.
+static COMPRESSED: std::sync::LazyLock<crate::byte_cache::ByteCache<String>> =
+    std::sync::LazyLock::new(|| crate::byte_cache::ByteCache::new(8 * 1024 * 1024));
+
 fn serve(path: &str, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
     let file = Assets::get(path).ok_or_else(ApiError::not_found)?;
     let etag = format!(
@@ -45,13 +49,32 @@ fn serve(path: &str, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
     } else {
         HttpResponse::Ok()
     };
-    res.insert_header((header::ETAG, etag))
+    res.insert_header((header::ETAG, etag.clone()))
         .insert_header((header::CACHE_CONTROL, "no-cache"));
     if fresh {
         return Ok(res.finish());
     }
     let mime = mime_guess::from_path(path).first_or_octet_stream();
-    Ok(res.content_type(mime.as_ref()).body(file.data.into_owned()))
+    res.content_type(mime.as_ref())
+        .insert_header((header::VARY, "Accept-Encoding"));
+    let text = matches!(mime.type_(), mime_guess::mime::TEXT)
+        || mime.subtype() == mime_guess::mime::JAVASCRIPT;
+    if text && crate::gzip::accepted(req) {
+        let compressed = match COMPRESSED.get(&etag) {
+            Some(b) => b,
+            None => {
+                let b = web::Bytes::from(
+                    crate::gzip::compress(&file.data)
+                        .map_err(|e| ApiError::internal("asset compression", e))?,
+                );
+                COMPRESSED.put(etag.clone(), b.clone());
+                b
+            }
+        };
+        res.insert_header((header::CONTENT_ENCODING, "gzip"));
+        return Ok(res.body(compressed));
+    }
+    Ok(res.body(file.data.into_owned()))
 }
 
 async fn root() -> HttpResponse {

@@ -69,7 +69,7 @@ async fn an_uploaded_photo_is_re_encoded_served_from_immutable_urls_and_shown_on
     assert_eq!(shown["image_url"], url.as_str());
     assert_eq!(shown["thumbnail_url"], thumb.as_str());
 
-    for (path, size) in [(&url, (1200, 675)), (&thumb, (320, 180))] {
+    for (path, size) in [(&url, (1200, 675)), (&thumb, (200, 113))] {
         let res = app.get(path, None).await;
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["content-type"], "image/jpeg");

@@ -854,4 +854,33 @@ async fn a_guest_menu_is_sent_gzip_compressed_to_clients_that_take_it_and_follow
     let (_, _, renamed) = fetch("gzip").await;
     let menu: Value = serde_json::from_str(&renamed).expect("json");
     assert_eq!(menu["table"]["label"], "Terrace 1");
+
+    // The guest page's scripts and styles are compressed too.
+    for asset in [
+        "/static/guest.js",
+        "/static/app.css",
+        &format!("/t/{}", r.tables[0].token),
+    ] {
+        let plain = app.get(asset, None).await.bytes().await.expect("body");
+        let res = app
+            .http
+            .get(app.url(asset))
+            .header("Accept-Encoding", "gzip")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.headers()["content-encoding"], "gzip", "{asset}");
+        let packed = res.bytes().await.expect("body");
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut unpacked)
+            .expect("gzip");
+        assert_eq!(unpacked, plain.to_vec(), "{asset}");
+        assert!(
+            packed.len() * 2 < plain.len(),
+            "{asset}: {} of {}",
+            packed.len(),
+            plain.len()
+        );
+    }
 }

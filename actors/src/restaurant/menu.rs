@@ -6,6 +6,7 @@
 //! are in `admin.rs`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -35,10 +36,11 @@ pub(crate) struct Menu {
     pub(crate) choices: Choices,
     /// Every table, active or not, by id: a table token is checked against these.
     pub(crate) tables: HashMap<Uuid, RestaurantTable>,
-    /// The guest menu JSON (`MenuView`), rendered after every change.
-    menu_json: String,
+    /// The guest menu JSON (`MenuView`), rendered after every change; shared with every answer, so a
+    /// read copies nothing of it.
+    menu_json: Arc<str>,
     /// The restaurant as guests see it (`RestaurantPublic`), rendered after every change.
-    public_json: String,
+    public_json: Arc<str>,
 }
 
 pub(crate) fn parse_tz(name: &str) -> chrono_tz::Tz {
@@ -60,8 +62,8 @@ impl Menu {
             items: items.into_iter().map(|i| (i.id, i)).collect(),
             choices,
             tables: tables.into_iter().map(|t| (t.id, t)).collect(),
-            menu_json: String::new(),
-            public_json: String::new(),
+            menu_json: Arc::from(""),
+            public_json: Arc::from(""),
         };
         menu.render();
         menu
@@ -97,7 +99,9 @@ impl Menu {
             version: self.info.menu_version.to_string(),
             categories,
         };
-        self.menu_json = serde_json::to_string(&menu).unwrap_or_else(|_| "{}".into());
+        self.menu_json = serde_json::to_string(&menu)
+            .unwrap_or_else(|_| "{}".into())
+            .into();
         let public = RestaurantPublic {
             id: self.info.id.into(),
             slug: self.info.slug.clone(),
@@ -105,7 +109,9 @@ impl Menu {
             currency: self.info.currency.clone(),
             accepting_orders: self.info.accepting_orders,
         };
-        self.public_json = serde_json::to_string(&public).unwrap_or_else(|_| "{}".into());
+        self.public_json = serde_json::to_string(&public)
+            .unwrap_or_else(|_| "{}".into())
+            .into();
     }
 
     /// The active table a token opens. The token is checked here, by the owner of the tables, so a token
@@ -168,23 +174,20 @@ impl Menu {
         }
     }
 
-    /// The guest menu of one table: restaurant, table and menu in one JSON body.
-    fn table_menu(&self, table: &RestaurantTable) -> Result<String, EngineError> {
+    /// The guest menu of one table: restaurant, table and menu, joined into one JSON body by
+    /// [`TableMenuAnswer::body`].
+    fn table_menu(&self, table: &RestaurantTable) -> Result<TableMenuAnswer, EngineError> {
         let table = serde_json::to_string(&TablePublic {
             id: table.id.into(),
             label: table.label.clone(),
         })
         .map_err(|_| EngineError::Unavailable)?;
-        let mut body =
-            String::with_capacity(self.public_json.len() + table.len() + self.menu_json.len() + 40);
-        body.push_str("{\"restaurant\":");
-        body.push_str(&self.public_json);
-        body.push_str(",\"table\":");
-        body.push_str(&table);
-        body.push_str(",\"menu\":");
-        body.push_str(&self.menu_json);
-        body.push('}');
-        Ok(body)
+        Ok(TableMenuAnswer {
+            etag: self.etag(),
+            restaurant: self.public_json.clone(),
+            table,
+            menu: self.menu_json.clone(),
+        })
     }
 
     /// The restaurant and full menu as its kitchen sees them.
@@ -354,10 +357,31 @@ pub struct GetTableMenu {
     pub table_token: String,
 }
 
+/// A table's menu: its `ETag` and the parts of its body (the restaurant and menu JSON are shared, not
+/// copied, until a body is needed).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct TableMenuAnswer {
     pub etag: String,
-    pub body: String,
+    pub restaurant: Arc<str>,
+    /// `TablePublic` as JSON.
+    pub table: String,
+    pub menu: Arc<str>,
+}
+
+impl TableMenuAnswer {
+    /// `{"restaurant":…,"table":…,"menu":…}`.
+    pub fn body(&self) -> String {
+        let mut body =
+            String::with_capacity(self.restaurant.len() + self.table.len() + self.menu.len() + 40);
+        body.push_str("{\"restaurant\":");
+        body.push_str(&self.restaurant);
+        body.push_str(",\"table\":");
+        body.push_str(&self.table);
+        body.push_str(",\"menu\":");
+        body.push_str(&self.menu);
+        body.push('}');
+        body
+    }
 }
 
 impl Handler<GetTableMenu> for RestaurantActor {
@@ -369,10 +393,7 @@ impl Handler<GetTableMenu> for RestaurantActor {
             .menu
             .table_for(msg.table_id, &msg.table_token)
             .ok_or(EngineError::NotFound(Missing::Table))?;
-        Ok(TableMenuAnswer {
-            body: self.menu.table_menu(table)?,
-            etag: self.menu.etag(),
-        })
+        self.menu.table_menu(table)
     }
 }
 
