@@ -616,6 +616,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         staff_token: String::new(),
                         via_admin: false,
                         items: Vec::new(),
+                        choices: Default::default(),
                         tables: vec![TablePlan {
                             label: "B".into(),
                             token: String::new(),

@@ -71,10 +71,21 @@ pub struct RestaurantPlan {
     pub via_admin: bool,
     /// Menu items and whether each is available now.
     pub items: Vec<(Uuid, bool)>,
+    /// The options a guest picks on a dish with required choices (the first available ones of each
+    /// group that needs some), so orders of such dishes are valid.
+    #[serde(default)]
+    pub choices: std::collections::HashMap<Uuid, Vec<Uuid>>,
     pub tables: Vec<TablePlan>,
 }
 
 impl RestaurantPlan {
+    /// The options to send with a line of `item` (none when it has no required choice).
+    pub fn options_for(&self, item: Uuid) -> Option<Vec<scan2order_schema::domain::MenuOptionId>> {
+        self.choices
+            .get(&item)
+            .map(|ids| ids.iter().map(|id| (*id).into()).collect())
+    }
+
     /// The query string kitchen calls need (`?restaurant_id=` for an admin).
     pub fn kitchen_query(&self) -> String {
         if self.via_admin {
@@ -269,12 +280,33 @@ pub async fn build_plan(args: SetupArgs<'_>) -> anyhow::Result<Plan> {
             .iter()
             .flat_map(|c| c.items.iter().map(|i| (i.id.get(), i.available)))
             .collect();
+        let choices = menu
+            .menu
+            .categories
+            .iter()
+            .flat_map(|c| c.items.iter())
+            .filter_map(|i| {
+                let picked: Vec<Uuid> = i
+                    .option_groups
+                    .iter()
+                    .flat_map(|g| {
+                        g.options
+                            .iter()
+                            .filter(|o| o.available)
+                            .take(g.min.max(0) as usize)
+                            .map(|o| o.id.get())
+                    })
+                    .collect();
+                (!picked.is_empty()).then(|| (i.id.get(), picked))
+            })
+            .collect();
         restaurants.push(RestaurantPlan {
             id: menu.restaurant.id.get(),
             slug,
             staff_token,
             via_admin,
             items,
+            choices,
             tables: tables
                 .into_iter()
                 .map(|(label, token)| TablePlan { label, token })

@@ -1776,11 +1776,14 @@ async fn place_order(w: &Arc<Worker>, r: u32, bot: &mpsc::UnboundedSender<(Uuid,
         let n = rng.random_range(1..=3usize.min(avail.len()));
         let start = rng.random_range(0..avail.len());
         let items: Vec<PlaceOrderLine> = (0..n)
-            .map(|i| PlaceOrderLine {
-                menu_item_id: MenuItemId::from(avail[(start + i) % avail.len()]),
-                quantity: rng.random_range(1..=3),
-                note: None,
-                options: None,
+            .map(|i| {
+                let item = avail[(start + i) % avail.len()];
+                PlaceOrderLine {
+                    menu_item_id: MenuItemId::from(item),
+                    quantity: rng.random_range(1..=3),
+                    note: None,
+                    options: rp.options_for(item),
+                }
             })
             .collect();
         (t, items)

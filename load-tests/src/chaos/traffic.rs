@@ -419,6 +419,7 @@ impl Ctx {
                 "table_token": r.tables[ti].token,
                 "items": chosen.iter().map(|i| serde_json::json!({
                     "menu_item_id": i.to_string(), "quantity": rng.random_range(1..=3),
+                    "options": r.options_for(*i).unwrap_or_default(),
                 })).collect::<Vec<_>>(),
                 "note": order_note(tag),
             });
@@ -1092,6 +1093,7 @@ pub fn test_ctx() -> Arc<Ctx> {
             staff_token: "t".into(),
             via_admin: false,
             items: vec![(Uuid::from_u128(9), true)],
+            choices: Default::default(),
             tables: vec![TablePlan {
                 label: "T1".into(),
                 token: "tok".into(),
